@@ -1,0 +1,379 @@
+package process
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/gravitational/trace"
+
+	"github.com/sigilhq/sigil/api/client"
+	"github.com/sigilhq/sigil/api/types"
+	"github.com/sigilhq/sigil/audit"
+	"github.com/sigilhq/sigil/gateway/mux"
+	"github.com/sigilhq/sigil/identity/ca"
+	"github.com/sigilhq/sigil/identity/certid"
+	"github.com/sigilhq/sigil/services/apiserver"
+	"github.com/sigilhq/sigil/services/locks"
+	"github.com/sigilhq/sigil/services/resources"
+	"github.com/sigilhq/sigil/services/storage"
+	"github.com/sigilhq/sigil/services/storage/badger"
+	"github.com/sigilhq/sigil/services/users"
+	"github.com/sigilhq/sigil/web"
+)
+
+// Paths inside the data dir.
+const (
+	backendDir  = "backend"
+	sealKeyFile = "keys/ca-seal.key"
+	// AdminIdentityDir holds the local admin identity sigilctl uses.
+	AdminIdentityDir = "admin"
+	// AdminIdentityName is the bot identity of sigilctl on the daemon host.
+	AdminIdentityName = "sigilctl"
+	adminCertTTL      = 24 * time.Hour
+	serverCertTTL     = 30 * 24 * time.Hour
+	// FirstAdminUser is created, with a signup link, on the first start.
+	FirstAdminUser = "admin"
+)
+
+// Daemon is a running all-in-one sigild.
+type Daemon struct {
+	cfg       *Config
+	log       *slog.Logger
+	out       io.Writer
+	backend   storage.Backend
+	authority *ca.Authority
+	emitter   *audit.FileEmitter
+	users     *users.Service
+	api       *apiserver.Server
+	mux       *mux.Mux
+	http      *http.Server
+	addr      net.Addr
+
+	certMu     sync.Mutex
+	serverCert *tls.Certificate
+}
+
+// Start brings the daemon up: it returns once the gateway listens. out
+// receives the operator-facing messages (CA creation, first-admin link).
+func Start(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer, version string) (d *Daemon, err error) {
+	if err := cfg.CheckAndSetDefaults(); err != nil {
+		return nil, trace.Wrap(err)
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	d = &Daemon{cfg: cfg, log: log, out: out}
+	defer func() {
+		if err != nil {
+			d.Close()
+		}
+	}()
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, trace.ConvertSystemError(err)
+	}
+	sealer, err := ca.NewFileSealer(filepath.Join(cfg.DataDir, sealKeyFile))
+	if err != nil {
+		return nil, trace.Wrap(err)
+	}
+	d.backend, err = badger.New(ctx, badger.Config{Dir: filepath.Join(cfg.DataDir, backendDir), Logger: log})
+	if err != nil {
+		return nil, trace.Wrap(err, "opening storage in %s (is another sigild running with this data dir?)", cfg.DataDir)
+	}
+	d.authority, err = ca.New(ctx, ca.Config{Backend: d.backend, Sealer: sealer, ClusterName: cfg.ClusterName, Logger: log})
+	if err != nil {
+		return nil, trace.Wrap(err)
+	}
+	for _, t := range d.authority.Created() {
+		fmt.Fprintf(out, "Created the %s CA.\n", t)
+	}
+	if err := os.MkdirAll(filepath.Dir(cfg.Audit.File), 0o700); err != nil {
+		return nil, trace.ConvertSystemError(err)
+	}
+	d.emitter, err = audit.NewFileEmitter(audit.FileConfig{Path: cfg.Audit.File})
+	if err != nil {
+		return nil, trace.Wrap(err)
+	}
+	store, err := resources.New(d.backend)
+	if err != nil {
+		return nil, trace.Wrap(err)
+	}
+	d.users, err = users.New(users.Config{Backend: d.backend, Resources: store, SignupTTL: cfg.Auth.SignupTTL.Duration(), Logger: log})
+	if err != nil {
+		return nil, trace.Wrap(err)
+	}
+	lockSvc, err := locks.New(store, nil)
+	if err != nil {
+		return nil, trace.Wrap(err)
+	}
+
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return nil, trace.Wrap(err, "listening on %s (set --listen to a free address)", cfg.Listen)
+	}
+	d.addr = ln.Addr()
+	publicAddr := cfg.PublicAddr
+	if publicAddr == "" {
+		publicAddr = dialAddr(d.addr)
+	}
+
+	d.api, err = apiserver.New(apiserver.Config{
+		Authority:   d.authority,
+		Resources:   store,
+		Users:       d.users,
+		Locks:       lockSvc,
+		Emitter:     d.emitter,
+		ClusterName: cfg.ClusterName,
+		PublicAddr:  publicAddr,
+		Version:     version,
+		DefaultTTL:  cfg.Auth.CertTTL.Duration(),
+		Logger:      log.With("component", "api"),
+	})
+	if err != nil {
+		ln.Close()
+		return nil, trace.Wrap(err)
+	}
+	webHandler, err := web.New(web.Config{Signups: d.users, PublicAddr: publicAddr, Logger: log.With("component", "web")})
+	if err != nil {
+		ln.Close()
+		return nil, trace.Wrap(err)
+	}
+	if err := d.issueServerCert(publicAddr); err != nil {
+		ln.Close()
+		return nil, trace.Wrap(err)
+	}
+
+	d.mux, err = mux.New(mux.Config{Listener: ln, Logger: log.With("component", "mux")})
+	if err != nil {
+		ln.Close()
+		return nil, trace.Wrap(err)
+	}
+	webLn := mux.NewConnListener(d.addr)
+	d.mux.HandleALPN([]string{"h2", "http/1.1"}, webLn.Handler())
+	d.mux.HandleDefaultTLS(webLn.Handler())
+
+	root := http.NewServeMux()
+	root.Handle("/web/", webHandler)
+	root.Handle("/", d.api.Handler())
+	d.http = &http.Server{
+		Handler:           root,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+		Protocols:         httpProtocols(),
+	}
+	tlsCfg := d.serverTLSConfig()
+	go func() {
+		if err := d.http.Serve(tls.NewListener(webLn, tlsCfg)); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+			log.Error("web server stopped", "error", err)
+		}
+	}()
+	go func() {
+		if err := d.mux.Serve(ctx); err != nil {
+			log.Error("gateway mux stopped", "error", err)
+		}
+	}()
+
+	if err := d.writeAdminIdentity(); err != nil {
+		return nil, trace.Wrap(err)
+	}
+	go d.renewLoop(ctx, publicAddr)
+	if err := d.firstAdmin(ctx); err != nil {
+		return nil, trace.Wrap(err)
+	}
+	fmt.Fprintf(out, "Sigil gateway listening on %s\nGateway CA fingerprint: %s\nData dir: %s\n",
+		d.addr, client.Fingerprint(d.authority.Certificate(ca.TLSCA).Raw), cfg.DataDir)
+	return d, nil
+}
+
+func httpProtocols() *http.Protocols {
+	p := &http.Protocols{}
+	p.SetHTTP1(true)
+	p.SetHTTP2(true)
+	return p
+}
+
+// Addr is the gateway's listening address.
+func (d *Daemon) Addr() net.Addr { return d.addr }
+
+// Close stops the daemon.
+func (d *Daemon) Close() error {
+	var errs []error
+	if d.mux != nil {
+		errs = append(errs, d.mux.Close())
+	}
+	if d.http != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		errs = append(errs, d.http.Shutdown(ctx))
+		cancel()
+	}
+	if d.emitter != nil {
+		errs = append(errs, d.emitter.Close())
+	}
+	if d.backend != nil {
+		errs = append(errs, d.backend.Close())
+	}
+	return trace.NewAggregate(errs...)
+}
+
+// dialAddr turns a listening address into one a local client can dial.
+func dialAddr(a net.Addr) string {
+	tcp, ok := a.(*net.TCPAddr)
+	if !ok {
+		return a.String()
+	}
+	ip := tcp.IP
+	if ip == nil || ip.IsUnspecified() {
+		ip = net.IPv4(127, 0, 0, 1)
+	}
+	return net.JoinHostPort(ip.String(), fmt.Sprint(tcp.Port))
+}
+
+func (d *Daemon) serverTLSConfig() *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		NextProtos: []string{"h2", "http/1.1"},
+		// Login and signup come without a certificate; every other call is
+		// refused by the API unless a user-CA certificate was presented.
+		ClientAuth: tls.VerifyClientCertIfGiven,
+		ClientCAs:  d.authority.CertPool(ca.UserCA),
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			d.certMu.Lock()
+			defer d.certMu.Unlock()
+			return d.serverCert, nil
+		},
+	}
+}
+
+// issueServerCert signs the gateway's TLS certificate for localhost, the
+// listen address and the public address.
+func (d *Daemon) issueServerCert(publicAddr string) error {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return trace.Wrap(err)
+	}
+	dns := []string{"localhost"}
+	ips := []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
+	for _, hp := range []string{publicAddr, d.cfg.Listen} {
+		host, _, err := net.SplitHostPort(hp)
+		if err != nil || host == "" {
+			continue
+		}
+		if ip := net.ParseIP(host); ip != nil {
+			if !ip.IsUnspecified() {
+				ips = append(ips, ip)
+			}
+		} else {
+			dns = append(dns, host)
+		}
+	}
+	certPEM, err := d.authority.SignServerCert(&key.PublicKey, dns, ips, serverCertTTL)
+	if err != nil {
+		return trace.Wrap(err)
+	}
+	block, _ := pem.Decode(certPEM)
+	if block == nil {
+		return trace.BadParameter("CA returned no PEM certificate")
+	}
+	leaf, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return trace.Wrap(err)
+	}
+	d.certMu.Lock()
+	d.serverCert = &tls.Certificate{Certificate: [][]byte{block.Bytes}, PrivateKey: key, Leaf: leaf}
+	d.certMu.Unlock()
+	return nil
+}
+
+// writeAdminIdentity writes a short-lived admin certificate into the data
+// dir so that sigilctl on this host works without a login. Only whoever can
+// read the data dir (0700) can use it — the same people who can read the
+// storage anyway.
+func (d *Daemon) writeAdminIdentity() error {
+	key, err := client.GenerateKey()
+	if err != nil {
+		return trace.Wrap(err)
+	}
+	id := &certid.Identity{Name: AdminIdentityName, Kind: certid.KindBot, Roles: []string{types.RoleAdmin}}
+	certPEM, err := d.authority.SignUserCert(id, &key.PublicKey, adminCertTTL)
+	if err != nil {
+		return trace.Wrap(err)
+	}
+	keyPEM, err := client.MarshalPrivateKeyPEM(key)
+	if err != nil {
+		return trace.Wrap(err)
+	}
+	return trace.Wrap(client.WriteIdentityDir(filepath.Join(d.cfg.DataDir, AdminIdentityDir), &client.Identity{
+		Proxy:    dialAddr(d.addr),
+		CertPEM:  certPEM,
+		KeyPEM:   keyPEM,
+		TLSCAPEM: d.authority.CertPEM(ca.TLSCA),
+	}))
+}
+
+// renewLoop re-issues the admin identity and the server certificate well
+// before they expire.
+func (d *Daemon) renewLoop(ctx context.Context, publicAddr string) {
+	t := time.NewTicker(adminCertTTL / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := d.writeAdminIdentity(); err != nil {
+				d.log.Error("renewing the local admin identity", "error", err)
+			}
+			if err := d.issueServerCert(publicAddr); err != nil {
+				d.log.Error("renewing the gateway certificate", "error", err)
+			}
+		}
+	}
+}
+
+// firstAdmin creates the first admin user with a one-time signup link when
+// no user exists, and re-issues the link on later starts until the admin
+// has signed up, so an operator is never locked out.
+func (d *Daemon) firstAdmin(ctx context.Context) error {
+	has, err := d.users.HasUsers(ctx)
+	if err != nil {
+		return trace.Wrap(err)
+	}
+	var token string
+	switch {
+	case !has:
+		u, err := types.NewUser(FirstAdminUser, []string{types.RoleAdmin}, nil)
+		if err != nil {
+			return trace.Wrap(err)
+		}
+		if _, token, _, err = d.users.Add(ctx, u); err != nil {
+			return trace.Wrap(err)
+		}
+	default:
+		pending, err := d.users.PendingSignup(ctx, FirstAdminUser)
+		if err != nil || !pending {
+			return trace.Wrap(err)
+		}
+		if token, _, err = d.users.NewSignupToken(ctx, FirstAdminUser); err != nil {
+			return trace.Wrap(err)
+		}
+	}
+	fmt.Fprintf(d.out, "\nCreate the first admin (user %q, valid %s) — open\n  %s\nor run\n  sigil signup %s --proxy %s\n\n",
+		FirstAdminUser, d.cfg.Auth.SignupTTL.Duration(), d.api.SignupURL(token), token, dialAddr(d.addr))
+	return nil
+}

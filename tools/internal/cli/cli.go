@@ -1,0 +1,81 @@
+package cli
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+
+	"connectrpc.com/connect"
+	"github.com/gravitational/trace"
+	"gopkg.in/yaml.v3"
+)
+
+// Output formats accepted by --format.
+const (
+	FormatText = "text"
+	FormatJSON = "json"
+	FormatYAML = "yaml"
+)
+
+// CheckFormat validates a --format value.
+func CheckFormat(f string) error {
+	switch f {
+	case FormatText, FormatJSON, FormatYAML:
+		return nil
+	}
+	return trace.BadParameter("--format: %q is not one of text, json, yaml", f)
+}
+
+// Write prints v as JSON or YAML; text output is the caller's job.
+func Write(w io.Writer, format string, v any) error {
+	switch format {
+	case FormatJSON:
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return trace.Wrap(enc.Encode(v))
+	case FormatYAML:
+		enc := yaml.NewEncoder(w)
+		enc.SetIndent(2)
+		if err := enc.Encode(v); err != nil {
+			return trace.Wrap(err)
+		}
+		return trace.Wrap(enc.Close())
+	}
+	return trace.BadParameter("--format: %q is not one of text, json, yaml", format)
+}
+
+// Table prints rows under a header, aligned.
+func Table(w io.Writer, header []string, rows [][]string) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, strings.Join(header, "\t"))
+	seps := make([]string, len(header))
+	for i, h := range header {
+		seps[i] = strings.Repeat("-", len(h))
+	}
+	fmt.Fprintln(tw, strings.Join(seps, "\t"))
+	for _, r := range rows {
+		fmt.Fprintln(tw, strings.Join(r, "\t"))
+	}
+	return trace.Wrap(tw.Flush())
+}
+
+// Message turns an error into the one line a user sees: the gateway's
+// own words for Connect errors, a hint when the gateway is unreachable.
+func Message(err error) string {
+	var ce *connect.Error
+	if errors.As(err, &ce) {
+		switch ce.Code() {
+		case connect.CodeUnavailable:
+			return "cannot reach the gateway: " + ce.Message() + " (is sigild running, and is --proxy right?)"
+		case connect.CodeUnauthenticated:
+			return ce.Message()
+		}
+		if ce.Message() != "" {
+			return ce.Message()
+		}
+	}
+	return strings.TrimSpace(trace.UserMessage(err))
+}
