@@ -2,6 +2,7 @@ package integration
 
 import (
 	"encoding/json"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -161,15 +162,58 @@ spec:
 		}
 	}
 
-	// Lock alice: the next login fails and says why.
+	// Alice's certificate works for API calls (sigilctl with her profile)...
+	asAlice := mustOK(testenv.Run(t, env, "", "sigilctl", "status"), "sigilctl status as alice")
+	if !strings.Contains(asAlice.Stdout, "Identity: alice") {
+		t.Fatalf("sigilctl status as alice:\n%s", asAlice.Stdout)
+	}
+	// ...but not for admin verbs her roles lack.
+	r = testenv.Run(t, env, "", "sigilctl", "get", "users")
+	if r.ExitCode == 0 || !strings.Contains(r.Stderr, `"list" on "user" is not allowed by roles dev`) {
+		t.Fatalf("alice listing users: exit %d, stderr %q", r.ExitCode, r.Stderr)
+	}
+
+	// A connection that is not TLS, and a truncated handshake, are dropped
+	// without harming the gateway.
+	for _, junk := range [][]byte{[]byte("GET / HTTP/1.0\r\n\r\n"), {0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00}} {
+		conn, err := net.Dial("tcp", d.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn.Write(junk)
+		conn.Close()
+	}
+
+	// Lock alice: her live certificate and the next login fail and say why.
 	mustOK(ctl("lock", "--user", "alice", "--message", "laptop stolen"), "lock")
+	r = testenv.Run(t, env, "", "sigilctl", "status")
+	if r.ExitCode == 0 || !strings.Contains(r.Stderr, "locked") {
+		t.Fatalf("API call while locked: exit %d, stderr %q", r.ExitCode, r.Stderr)
+	}
 	r = sigil(alicePassword+"\n", "login", "--proxy", d.Addr, "--user", "alice", "--ca-file", caFile, "--password-stdin")
 	if r.ExitCode == 0 || !strings.Contains(r.Stderr, "locked") || !strings.Contains(r.Stderr, "laptop stolen") {
 		t.Fatalf("login while locked: exit %d, stderr %q", r.ExitCode, r.Stderr)
 	}
-	locks := mustOK(ctl("locks", "ls"), "locks ls")
-	if !strings.Contains(locks.Stdout, "user=alice") {
-		t.Fatalf("locks ls:\n%s", locks.Stdout)
+	locks := mustOK(ctl("locks", "ls", "--format", "json"), "locks ls")
+	var lockList []struct {
+		Metadata struct{ Name string }
+		Spec     struct{ Target struct{ User string } }
+	}
+	if err := json.Unmarshal([]byte(locks.Stdout), &lockList); err != nil || len(lockList) != 1 || lockList[0].Spec.Target.User != "alice" {
+		t.Fatalf("locks ls: %v\n%s", err, locks.Stdout)
+	}
+	// Unlock: alice is back.
+	mustOK(ctl("unlock", lockList[0].Metadata.Name), "unlock")
+	mustOK(sigil(alicePassword+"\n", "login", "--proxy", d.Addr, "--user", "alice", "--ca-file", caFile, "--password-stdin"), "login after unlock")
+
+	// Reset: the old password stops working, a new signup link is issued.
+	reset := mustOK(ctl("users", "reset", "alice", "--format", "json"), "users reset")
+	if !strings.Contains(reset.Stdout, "/web/signup/") {
+		t.Fatalf("users reset: %s", reset.Stdout)
+	}
+	r = sigil(alicePassword+"\n", "login", "--proxy", d.Addr, "--user", "alice", "--ca-file", caFile, "--password-stdin")
+	if r.ExitCode == 0 || !strings.Contains(r.Stderr, "invalid username or password") {
+		t.Fatalf("login after reset: exit %d, stderr %q", r.ExitCode, r.Stderr)
 	}
 
 	// The audit log names alice, not a shared account.

@@ -71,3 +71,16 @@ func (l *Lock) Matches(user string, roles []string, bot string) bool {
 	}
 	return false
 }
+
+// String names the target as "user=alice", "role=dev" or "bot=ci".
+func (t LockTarget) String() string {
+	switch {
+	case t.User != "":
+		return "user=" + t.User
+	case t.Role != "":
+		return "role=" + t.Role
+	case t.Bot != "":
+		return "bot=" + t.Bot
+	}
+	return "(none)"
+}

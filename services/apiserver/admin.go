@@ -299,6 +299,22 @@ func (h *userService) UpdateUser(ctx context.Context, req *connect.Request[sigil
 	return connect.NewResponse(&sigilv1.UpdateUserResponse{User: out}), nil
 }
 
+func (h *userService) ResetUser(ctx context.Context, req *connect.Request[sigilv1.ResetUserRequest]) (*connect.Response[sigilv1.ResetUserResponse], error) {
+	s := h.s
+	id, err := s.authorize(ctx, types.KindUser, types.VerbUpdate)
+	if err != nil {
+		return nil, trace.Wrap(err)
+	}
+	token, _, err := s.cfg.Users.Reset(ctx, req.Msg.Name)
+	if err != nil {
+		return nil, trace.Wrap(err)
+	}
+	if err := s.resourceChanged(ctx, id, types.KindUser, req.Msg.Name, "reset"); err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&sigilv1.ResetUserResponse{SignupUrl: s.SignupURL(token), Token: token}), nil
+}
+
 type tokenService struct{ s *Server }
 
 // DefaultTokenTTL is how long a join token works unless told otherwise.
@@ -360,7 +376,7 @@ func (h *lockService) AddLock(ctx context.Context, req *connect.Request[sigilv1.
 	if err != nil {
 		return nil, trace.Wrap(err)
 	}
-	details := map[string]string{"lock": lock.Metadata.Name, "target": describeTarget(target)}
+	details := map[string]string{"lock": lock.Metadata.Name, "target": target.String()}
 	if req.Msg.Message != "" {
 		details["message"] = req.Msg.Message
 	}
@@ -378,17 +394,6 @@ func (h *lockService) AddLock(ctx context.Context, req *connect.Request[sigilv1.
 		return nil, trace.Wrap(err)
 	}
 	return connect.NewResponse(&sigilv1.AddLockResponse{Lock: out}), nil
-}
-
-func describeTarget(t types.LockTarget) string {
-	switch {
-	case t.User != "":
-		return "user=" + t.User
-	case t.Role != "":
-		return "role=" + t.Role
-	default:
-		return "bot=" + t.Bot
-	}
 }
 
 func (h *lockService) RemoveLock(ctx context.Context, req *connect.Request[sigilv1.RemoveLockRequest]) (*connect.Response[sigilv1.RemoveLockResponse], error) {

@@ -88,19 +88,8 @@ func (s *Service) Check(ctx context.Context, name string, kind string, roles []s
 			if msg == "" {
 				msg = "no reason given"
 			}
-			return trace.AccessDenied("%s is locked (lock %s: %s); ask an admin to run \"sigilctl unlock %s\"", describe(l.Spec.Target), l.Metadata.Name, msg, l.Metadata.Name)
+			return trace.AccessDenied("access is locked for %s (lock %s: %s); ask an admin to run \"sigilctl unlock %s\"", l.Spec.Target, l.Metadata.Name, msg, l.Metadata.Name)
 		}
 	}
 	return nil
-}
-
-func describe(t types.LockTarget) string {
-	switch {
-	case t.User != "":
-		return "user \"" + t.User + "\""
-	case t.Role != "":
-		return "role \"" + t.Role + "\""
-	default:
-		return "bot \"" + t.Bot + "\""
-	}
 }

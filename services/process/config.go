@@ -33,7 +33,7 @@ type Config struct {
 	// PublicAddr is how clients reach the gateway (signup links, cert SANs).
 	PublicAddr string `yaml:"public_addr"`
 	// MySQLListen is the MySQL listener (the server speaks first there).
-	MySQLListen string `yaml:"mysql_listen"`
+	MySQLListen string      `yaml:"mysql_listen"`
 	Auth        AuthConfig  `yaml:"auth"`
 	Audit       AuditConfig `yaml:"audit"`
 	Log         LogConfig   `yaml:"log"`

@@ -374,6 +374,6 @@ func (d *Daemon) firstAdmin(ctx context.Context) error {
 		}
 	}
 	fmt.Fprintf(d.out, "\nCreate the first admin (user %q, valid %s) — open\n  %s\nor run\n  sigil signup %s --proxy %s\n\n",
-		FirstAdminUser, d.cfg.Auth.SignupTTL.Duration(), d.api.SignupURL(token), token, dialAddr(d.addr))
+		FirstAdminUser, d.cfg.Auth.SignupTTL, d.api.SignupURL(token), token, dialAddr(d.addr))
 	return nil
 }

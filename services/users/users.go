@@ -270,3 +270,15 @@ func (s *Service) PendingSignup(ctx context.Context, name string) (bool, error) 
 	}
 	return false, trace.Wrap(err)
 }
+
+// Reset removes name's credentials and issues a new signup token: the old
+// password stops working at once.
+func (s *Service) Reset(ctx context.Context, name string) (string, time.Time, error) {
+	if _, err := s.Get(ctx, name); err != nil {
+		return "", time.Time{}, trace.Wrap(err)
+	}
+	if err := s.cfg.Backend.Delete(ctx, credentialsPrefix+name); err != nil && !trace.IsNotFound(err) {
+		return "", time.Time{}, trace.Wrap(err)
+	}
+	return s.NewSignupToken(ctx, name)
+}

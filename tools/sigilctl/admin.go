@@ -80,12 +80,7 @@ A value with commas continues the previous trait: logins=alice,root,db_users=rea
 			if err != nil {
 				return trace.Wrap(err)
 			}
-			if e.format != cli.FormatText {
-				return cli.Write(e.stdout, e.format, map[string]string{"signup_url": resp.Msg.SignupUrl, "token": resp.Msg.Token})
-			}
-			fmt.Fprintf(e.stdout, "User %q has been created. Share this signup link with them (valid 1h, works once):\n\n  %s\n\nor from a terminal:\n\n  sigil signup %s --proxy %s\n",
-				args[0], resp.Msg.SignupUrl, resp.Msg.Token, proxyOf(resp.Msg.SignupUrl))
-			return nil
+			return e.printSignup(args[0], "has been created", resp.Msg.SignupUrl, resp.Msg.Token)
 		},
 	}
 	add.Flags().StringVar(&roles, "roles", "", "comma-separated roles (required)")
@@ -138,8 +133,34 @@ A value with commas continues the previous trait: logins=alice,root,db_users=rea
 	}
 	update.Flags().StringVar(&setRoles, "set-roles", "", "replace the roles")
 	update.Flags().StringVar(&setTraits, "set-traits", "", "replace the named traits (k=v,...; k= removes k)")
-	users.AddCommand(add, ls, rm, update)
+	reset := &cobra.Command{
+		Use:   "reset NAME",
+		Short: "Remove a user's password and print a new signup link",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			clt, err := e.client()
+			if err != nil {
+				return trace.Wrap(err)
+			}
+			defer clt.Close()
+			resp, err := clt.Users.ResetUser(cmd.Context(), connect.NewRequest(&sigilv1.ResetUserRequest{Name: args[0]}))
+			if err != nil {
+				return trace.Wrap(err)
+			}
+			return e.printSignup(args[0], "has been reset", resp.Msg.SignupUrl, resp.Msg.Token)
+		},
+	}
+	users.AddCommand(add, ls, rm, update, reset)
 	return users
+}
+
+func (e *env) printSignup(user, what, url, token string) error {
+	if e.format != cli.FormatText {
+		return cli.Write(e.stdout, e.format, map[string]string{"signup_url": url, "token": token})
+	}
+	fmt.Fprintf(e.stdout, "User %q %s. Share this signup link with them (works once):\n\n  %s\n\nor from a terminal:\n\n  sigil signup %s --proxy %s\n",
+		user, what, url, token, proxyOf(url))
+	return nil
 }
 
 // proxyOf extracts host:port from a signup URL.

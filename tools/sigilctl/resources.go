@@ -283,7 +283,7 @@ func printTable(w io.Writer, kind string, rs []types.Resource) error {
 			rows = append(rows, []string{maskToken(md.Name), v.Spec.Kind, v.Spec.BotName, strings.Join(v.Spec.Roles, ","), expiresText(md)})
 		case *types.Lock:
 			header = []string{"ID", "TARGET", "MESSAGE", "CREATED BY", "EXPIRES"}
-			rows = append(rows, []string{md.Name, describeTarget(v.Spec.Target), v.Spec.Message, v.Spec.CreatedBy, expiresText(md)})
+			rows = append(rows, []string{md.Name, v.Spec.Target.String(), v.Spec.Message, v.Spec.CreatedBy, expiresText(md)})
 		default:
 			header = []string{"NAME", "LABELS", "DESCRIPTION"}
 			rows = append(rows, []string{md.Name, labelsText(md.Labels), md.Description})
@@ -294,15 +294,4 @@ func printTable(w io.Writer, kind string, rs []types.Resource) error {
 		return nil
 	}
 	return cli.Table(w, header, rows)
-}
-
-func describeTarget(t types.LockTarget) string {
-	switch {
-	case t.User != "":
-		return "user=" + t.User
-	case t.Role != "":
-		return "role=" + t.Role
-	default:
-		return "bot=" + t.Bot
-	}
 }

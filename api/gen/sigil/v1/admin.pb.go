@@ -398,6 +398,102 @@ func (*DeleteResourceResponse) Descriptor() ([]byte, []int) {
 	return file_sigil_v1_admin_proto_rawDescGZIP(), []int{7}
 }
 
+type ResetUserRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResetUserRequest) Reset() {
+	*x = ResetUserRequest{}
+	mi := &file_sigil_v1_admin_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResetUserRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResetUserRequest) ProtoMessage() {}
+
+func (x *ResetUserRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_admin_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResetUserRequest.ProtoReflect.Descriptor instead.
+func (*ResetUserRequest) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_admin_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ResetUserRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type ResetUserResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SignupUrl     string                 `protobuf:"bytes,1,opt,name=signup_url,json=signupUrl,proto3" json:"signup_url,omitempty"`
+	Token         string                 `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResetUserResponse) Reset() {
+	*x = ResetUserResponse{}
+	mi := &file_sigil_v1_admin_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResetUserResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResetUserResponse) ProtoMessage() {}
+
+func (x *ResetUserResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_sigil_v1_admin_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResetUserResponse.ProtoReflect.Descriptor instead.
+func (*ResetUserResponse) Descriptor() ([]byte, []int) {
+	return file_sigil_v1_admin_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ResetUserResponse) GetSignupUrl() string {
+	if x != nil {
+		return x.SignupUrl
+	}
+	return ""
+}
+
+func (x *ResetUserResponse) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
 type AddUserRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -409,7 +505,7 @@ type AddUserRequest struct {
 
 func (x *AddUserRequest) Reset() {
 	*x = AddUserRequest{}
-	mi := &file_sigil_v1_admin_proto_msgTypes[8]
+	mi := &file_sigil_v1_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -421,7 +517,7 @@ func (x *AddUserRequest) String() string {
 func (*AddUserRequest) ProtoMessage() {}
 
 func (x *AddUserRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_admin_proto_msgTypes[8]
+	mi := &file_sigil_v1_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -434,7 +530,7 @@ func (x *AddUserRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddUserRequest.ProtoReflect.Descriptor instead.
 func (*AddUserRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_sigil_v1_admin_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *AddUserRequest) GetName() string {
@@ -469,7 +565,7 @@ type AddUserResponse struct {
 
 func (x *AddUserResponse) Reset() {
 	*x = AddUserResponse{}
-	mi := &file_sigil_v1_admin_proto_msgTypes[9]
+	mi := &file_sigil_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -481,7 +577,7 @@ func (x *AddUserResponse) String() string {
 func (*AddUserResponse) ProtoMessage() {}
 
 func (x *AddUserResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_admin_proto_msgTypes[9]
+	mi := &file_sigil_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -494,7 +590,7 @@ func (x *AddUserResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddUserResponse.ProtoReflect.Descriptor instead.
 func (*AddUserResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_sigil_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *AddUserResponse) GetSignupUrl() string {
@@ -531,7 +627,7 @@ type UpdateUserRequest struct {
 
 func (x *UpdateUserRequest) Reset() {
 	*x = UpdateUserRequest{}
-	mi := &file_sigil_v1_admin_proto_msgTypes[10]
+	mi := &file_sigil_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -543,7 +639,7 @@ func (x *UpdateUserRequest) String() string {
 func (*UpdateUserRequest) ProtoMessage() {}
 
 func (x *UpdateUserRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_admin_proto_msgTypes[10]
+	mi := &file_sigil_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -556,7 +652,7 @@ func (x *UpdateUserRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateUserRequest.ProtoReflect.Descriptor instead.
 func (*UpdateUserRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_sigil_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *UpdateUserRequest) GetName() string {
@@ -589,7 +685,7 @@ type UpdateUserResponse struct {
 
 func (x *UpdateUserResponse) Reset() {
 	*x = UpdateUserResponse{}
-	mi := &file_sigil_v1_admin_proto_msgTypes[11]
+	mi := &file_sigil_v1_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -601,7 +697,7 @@ func (x *UpdateUserResponse) String() string {
 func (*UpdateUserResponse) ProtoMessage() {}
 
 func (x *UpdateUserResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_admin_proto_msgTypes[11]
+	mi := &file_sigil_v1_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -614,7 +710,7 @@ func (x *UpdateUserResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateUserResponse.ProtoReflect.Descriptor instead.
 func (*UpdateUserResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_admin_proto_rawDescGZIP(), []int{11}
+	return file_sigil_v1_admin_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *UpdateUserResponse) GetUser() *Resource {
@@ -637,7 +733,7 @@ type AddTokenRequest struct {
 
 func (x *AddTokenRequest) Reset() {
 	*x = AddTokenRequest{}
-	mi := &file_sigil_v1_admin_proto_msgTypes[12]
+	mi := &file_sigil_v1_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -649,7 +745,7 @@ func (x *AddTokenRequest) String() string {
 func (*AddTokenRequest) ProtoMessage() {}
 
 func (x *AddTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_admin_proto_msgTypes[12]
+	mi := &file_sigil_v1_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -662,7 +758,7 @@ func (x *AddTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddTokenRequest.ProtoReflect.Descriptor instead.
 func (*AddTokenRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_admin_proto_rawDescGZIP(), []int{12}
+	return file_sigil_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *AddTokenRequest) GetKind() string {
@@ -710,7 +806,7 @@ type AddTokenResponse struct {
 
 func (x *AddTokenResponse) Reset() {
 	*x = AddTokenResponse{}
-	mi := &file_sigil_v1_admin_proto_msgTypes[13]
+	mi := &file_sigil_v1_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -722,7 +818,7 @@ func (x *AddTokenResponse) String() string {
 func (*AddTokenResponse) ProtoMessage() {}
 
 func (x *AddTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_admin_proto_msgTypes[13]
+	mi := &file_sigil_v1_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -735,7 +831,7 @@ func (x *AddTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddTokenResponse.ProtoReflect.Descriptor instead.
 func (*AddTokenResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_admin_proto_rawDescGZIP(), []int{13}
+	return file_sigil_v1_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *AddTokenResponse) GetToken() string {
@@ -765,7 +861,7 @@ type AddLockRequest struct {
 
 func (x *AddLockRequest) Reset() {
 	*x = AddLockRequest{}
-	mi := &file_sigil_v1_admin_proto_msgTypes[14]
+	mi := &file_sigil_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -777,7 +873,7 @@ func (x *AddLockRequest) String() string {
 func (*AddLockRequest) ProtoMessage() {}
 
 func (x *AddLockRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_admin_proto_msgTypes[14]
+	mi := &file_sigil_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -790,7 +886,7 @@ func (x *AddLockRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddLockRequest.ProtoReflect.Descriptor instead.
 func (*AddLockRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_admin_proto_rawDescGZIP(), []int{14}
+	return file_sigil_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *AddLockRequest) GetUser() string {
@@ -837,7 +933,7 @@ type AddLockResponse struct {
 
 func (x *AddLockResponse) Reset() {
 	*x = AddLockResponse{}
-	mi := &file_sigil_v1_admin_proto_msgTypes[15]
+	mi := &file_sigil_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -849,7 +945,7 @@ func (x *AddLockResponse) String() string {
 func (*AddLockResponse) ProtoMessage() {}
 
 func (x *AddLockResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_admin_proto_msgTypes[15]
+	mi := &file_sigil_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -862,7 +958,7 @@ func (x *AddLockResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddLockResponse.ProtoReflect.Descriptor instead.
 func (*AddLockResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_admin_proto_rawDescGZIP(), []int{15}
+	return file_sigil_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *AddLockResponse) GetLock() *Resource {
@@ -881,7 +977,7 @@ type RemoveLockRequest struct {
 
 func (x *RemoveLockRequest) Reset() {
 	*x = RemoveLockRequest{}
-	mi := &file_sigil_v1_admin_proto_msgTypes[16]
+	mi := &file_sigil_v1_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -893,7 +989,7 @@ func (x *RemoveLockRequest) String() string {
 func (*RemoveLockRequest) ProtoMessage() {}
 
 func (x *RemoveLockRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_admin_proto_msgTypes[16]
+	mi := &file_sigil_v1_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -906,7 +1002,7 @@ func (x *RemoveLockRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveLockRequest.ProtoReflect.Descriptor instead.
 func (*RemoveLockRequest) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_admin_proto_rawDescGZIP(), []int{16}
+	return file_sigil_v1_admin_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RemoveLockRequest) GetId() string {
@@ -924,7 +1020,7 @@ type RemoveLockResponse struct {
 
 func (x *RemoveLockResponse) Reset() {
 	*x = RemoveLockResponse{}
-	mi := &file_sigil_v1_admin_proto_msgTypes[17]
+	mi := &file_sigil_v1_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -936,7 +1032,7 @@ func (x *RemoveLockResponse) String() string {
 func (*RemoveLockResponse) ProtoMessage() {}
 
 func (x *RemoveLockResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sigil_v1_admin_proto_msgTypes[17]
+	mi := &file_sigil_v1_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -949,7 +1045,7 @@ func (x *RemoveLockResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveLockResponse.ProtoReflect.Descriptor instead.
 func (*RemoveLockResponse) Descriptor() ([]byte, []int) {
-	return file_sigil_v1_admin_proto_rawDescGZIP(), []int{17}
+	return file_sigil_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
 var File_sigil_v1_admin_proto protoreflect.FileDescriptor
@@ -975,7 +1071,13 @@ const file_sigil_v1_admin_proto_rawDesc = "" +
 	"\x15DeleteResourceRequest\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\"\x18\n" +
-	"\x16DeleteResourceResponse\"\xb3\x01\n" +
+	"\x16DeleteResourceResponse\"&\n" +
+	"\x10ResetUserRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"H\n" +
+	"\x11ResetUserResponse\x12\x1d\n" +
+	"\n" +
+	"signup_url\x18\x01 \x01(\tR\tsignupUrl\x12\x14\n" +
+	"\x05token\x18\x02 \x01(\tR\x05token\"\xb3\x01\n" +
 	"\x0eAddUserRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05roles\x18\x02 \x03(\tR\x05roles\x12<\n" +
@@ -1025,11 +1127,12 @@ const file_sigil_v1_admin_proto_rawDesc = "" +
 	"\x0eCreateResource\x12\x1f.sigil.v1.CreateResourceRequest\x1a .sigil.v1.CreateResourceResponse\x12J\n" +
 	"\vGetResource\x12\x1c.sigil.v1.GetResourceRequest\x1a\x1d.sigil.v1.GetResourceResponse\x12P\n" +
 	"\rListResources\x12\x1e.sigil.v1.ListResourcesRequest\x1a\x1f.sigil.v1.ListResourcesResponse\x12S\n" +
-	"\x0eDeleteResource\x12\x1f.sigil.v1.DeleteResourceRequest\x1a .sigil.v1.DeleteResourceResponse2\x96\x01\n" +
+	"\x0eDeleteResource\x12\x1f.sigil.v1.DeleteResourceRequest\x1a .sigil.v1.DeleteResourceResponse2\xdc\x01\n" +
 	"\vUserService\x12>\n" +
 	"\aAddUser\x12\x18.sigil.v1.AddUserRequest\x1a\x19.sigil.v1.AddUserResponse\x12G\n" +
 	"\n" +
-	"UpdateUser\x12\x1b.sigil.v1.UpdateUserRequest\x1a\x1c.sigil.v1.UpdateUserResponse2Q\n" +
+	"UpdateUser\x12\x1b.sigil.v1.UpdateUserRequest\x1a\x1c.sigil.v1.UpdateUserResponse\x12D\n" +
+	"\tResetUser\x12\x1a.sigil.v1.ResetUserRequest\x1a\x1b.sigil.v1.ResetUserResponse2Q\n" +
 	"\fTokenService\x12A\n" +
 	"\bAddToken\x12\x19.sigil.v1.AddTokenRequest\x1a\x1a.sigil.v1.AddTokenResponse2\x96\x01\n" +
 	"\vLockService\x12>\n" +
@@ -1049,7 +1152,7 @@ func file_sigil_v1_admin_proto_rawDescGZIP() []byte {
 	return file_sigil_v1_admin_proto_rawDescData
 }
 
-var file_sigil_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_sigil_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_sigil_v1_admin_proto_goTypes = []any{
 	(*CreateResourceRequest)(nil),  // 0: sigil.v1.CreateResourceRequest
 	(*CreateResourceResponse)(nil), // 1: sigil.v1.CreateResourceResponse
@@ -1059,51 +1162,55 @@ var file_sigil_v1_admin_proto_goTypes = []any{
 	(*ListResourcesResponse)(nil),  // 5: sigil.v1.ListResourcesResponse
 	(*DeleteResourceRequest)(nil),  // 6: sigil.v1.DeleteResourceRequest
 	(*DeleteResourceResponse)(nil), // 7: sigil.v1.DeleteResourceResponse
-	(*AddUserRequest)(nil),         // 8: sigil.v1.AddUserRequest
-	(*AddUserResponse)(nil),        // 9: sigil.v1.AddUserResponse
-	(*UpdateUserRequest)(nil),      // 10: sigil.v1.UpdateUserRequest
-	(*UpdateUserResponse)(nil),     // 11: sigil.v1.UpdateUserResponse
-	(*AddTokenRequest)(nil),        // 12: sigil.v1.AddTokenRequest
-	(*AddTokenResponse)(nil),       // 13: sigil.v1.AddTokenResponse
-	(*AddLockRequest)(nil),         // 14: sigil.v1.AddLockRequest
-	(*AddLockResponse)(nil),        // 15: sigil.v1.AddLockResponse
-	(*RemoveLockRequest)(nil),      // 16: sigil.v1.RemoveLockRequest
-	(*RemoveLockResponse)(nil),     // 17: sigil.v1.RemoveLockResponse
-	nil,                            // 18: sigil.v1.AddUserRequest.TraitsEntry
-	nil,                            // 19: sigil.v1.UpdateUserRequest.SetTraitsEntry
-	(*Resource)(nil),               // 20: sigil.v1.Resource
+	(*ResetUserRequest)(nil),       // 8: sigil.v1.ResetUserRequest
+	(*ResetUserResponse)(nil),      // 9: sigil.v1.ResetUserResponse
+	(*AddUserRequest)(nil),         // 10: sigil.v1.AddUserRequest
+	(*AddUserResponse)(nil),        // 11: sigil.v1.AddUserResponse
+	(*UpdateUserRequest)(nil),      // 12: sigil.v1.UpdateUserRequest
+	(*UpdateUserResponse)(nil),     // 13: sigil.v1.UpdateUserResponse
+	(*AddTokenRequest)(nil),        // 14: sigil.v1.AddTokenRequest
+	(*AddTokenResponse)(nil),       // 15: sigil.v1.AddTokenResponse
+	(*AddLockRequest)(nil),         // 16: sigil.v1.AddLockRequest
+	(*AddLockResponse)(nil),        // 17: sigil.v1.AddLockResponse
+	(*RemoveLockRequest)(nil),      // 18: sigil.v1.RemoveLockRequest
+	(*RemoveLockResponse)(nil),     // 19: sigil.v1.RemoveLockResponse
+	nil,                            // 20: sigil.v1.AddUserRequest.TraitsEntry
+	nil,                            // 21: sigil.v1.UpdateUserRequest.SetTraitsEntry
+	(*Resource)(nil),               // 22: sigil.v1.Resource
 }
 var file_sigil_v1_admin_proto_depIdxs = []int32{
-	20, // 0: sigil.v1.CreateResourceRequest.resource:type_name -> sigil.v1.Resource
-	20, // 1: sigil.v1.CreateResourceResponse.resource:type_name -> sigil.v1.Resource
-	20, // 2: sigil.v1.GetResourceResponse.resource:type_name -> sigil.v1.Resource
-	20, // 3: sigil.v1.ListResourcesResponse.resources:type_name -> sigil.v1.Resource
-	18, // 4: sigil.v1.AddUserRequest.traits:type_name -> sigil.v1.AddUserRequest.TraitsEntry
-	20, // 5: sigil.v1.AddUserResponse.user:type_name -> sigil.v1.Resource
-	19, // 6: sigil.v1.UpdateUserRequest.set_traits:type_name -> sigil.v1.UpdateUserRequest.SetTraitsEntry
-	20, // 7: sigil.v1.UpdateUserResponse.user:type_name -> sigil.v1.Resource
-	20, // 8: sigil.v1.AddTokenResponse.resource:type_name -> sigil.v1.Resource
-	20, // 9: sigil.v1.AddLockResponse.lock:type_name -> sigil.v1.Resource
+	22, // 0: sigil.v1.CreateResourceRequest.resource:type_name -> sigil.v1.Resource
+	22, // 1: sigil.v1.CreateResourceResponse.resource:type_name -> sigil.v1.Resource
+	22, // 2: sigil.v1.GetResourceResponse.resource:type_name -> sigil.v1.Resource
+	22, // 3: sigil.v1.ListResourcesResponse.resources:type_name -> sigil.v1.Resource
+	20, // 4: sigil.v1.AddUserRequest.traits:type_name -> sigil.v1.AddUserRequest.TraitsEntry
+	22, // 5: sigil.v1.AddUserResponse.user:type_name -> sigil.v1.Resource
+	21, // 6: sigil.v1.UpdateUserRequest.set_traits:type_name -> sigil.v1.UpdateUserRequest.SetTraitsEntry
+	22, // 7: sigil.v1.UpdateUserResponse.user:type_name -> sigil.v1.Resource
+	22, // 8: sigil.v1.AddTokenResponse.resource:type_name -> sigil.v1.Resource
+	22, // 9: sigil.v1.AddLockResponse.lock:type_name -> sigil.v1.Resource
 	0,  // 10: sigil.v1.ResourceService.CreateResource:input_type -> sigil.v1.CreateResourceRequest
 	2,  // 11: sigil.v1.ResourceService.GetResource:input_type -> sigil.v1.GetResourceRequest
 	4,  // 12: sigil.v1.ResourceService.ListResources:input_type -> sigil.v1.ListResourcesRequest
 	6,  // 13: sigil.v1.ResourceService.DeleteResource:input_type -> sigil.v1.DeleteResourceRequest
-	8,  // 14: sigil.v1.UserService.AddUser:input_type -> sigil.v1.AddUserRequest
-	10, // 15: sigil.v1.UserService.UpdateUser:input_type -> sigil.v1.UpdateUserRequest
-	12, // 16: sigil.v1.TokenService.AddToken:input_type -> sigil.v1.AddTokenRequest
-	14, // 17: sigil.v1.LockService.AddLock:input_type -> sigil.v1.AddLockRequest
-	16, // 18: sigil.v1.LockService.RemoveLock:input_type -> sigil.v1.RemoveLockRequest
-	1,  // 19: sigil.v1.ResourceService.CreateResource:output_type -> sigil.v1.CreateResourceResponse
-	3,  // 20: sigil.v1.ResourceService.GetResource:output_type -> sigil.v1.GetResourceResponse
-	5,  // 21: sigil.v1.ResourceService.ListResources:output_type -> sigil.v1.ListResourcesResponse
-	7,  // 22: sigil.v1.ResourceService.DeleteResource:output_type -> sigil.v1.DeleteResourceResponse
-	9,  // 23: sigil.v1.UserService.AddUser:output_type -> sigil.v1.AddUserResponse
-	11, // 24: sigil.v1.UserService.UpdateUser:output_type -> sigil.v1.UpdateUserResponse
-	13, // 25: sigil.v1.TokenService.AddToken:output_type -> sigil.v1.AddTokenResponse
-	15, // 26: sigil.v1.LockService.AddLock:output_type -> sigil.v1.AddLockResponse
-	17, // 27: sigil.v1.LockService.RemoveLock:output_type -> sigil.v1.RemoveLockResponse
-	19, // [19:28] is the sub-list for method output_type
-	10, // [10:19] is the sub-list for method input_type
+	10, // 14: sigil.v1.UserService.AddUser:input_type -> sigil.v1.AddUserRequest
+	12, // 15: sigil.v1.UserService.UpdateUser:input_type -> sigil.v1.UpdateUserRequest
+	8,  // 16: sigil.v1.UserService.ResetUser:input_type -> sigil.v1.ResetUserRequest
+	14, // 17: sigil.v1.TokenService.AddToken:input_type -> sigil.v1.AddTokenRequest
+	16, // 18: sigil.v1.LockService.AddLock:input_type -> sigil.v1.AddLockRequest
+	18, // 19: sigil.v1.LockService.RemoveLock:input_type -> sigil.v1.RemoveLockRequest
+	1,  // 20: sigil.v1.ResourceService.CreateResource:output_type -> sigil.v1.CreateResourceResponse
+	3,  // 21: sigil.v1.ResourceService.GetResource:output_type -> sigil.v1.GetResourceResponse
+	5,  // 22: sigil.v1.ResourceService.ListResources:output_type -> sigil.v1.ListResourcesResponse
+	7,  // 23: sigil.v1.ResourceService.DeleteResource:output_type -> sigil.v1.DeleteResourceResponse
+	11, // 24: sigil.v1.UserService.AddUser:output_type -> sigil.v1.AddUserResponse
+	13, // 25: sigil.v1.UserService.UpdateUser:output_type -> sigil.v1.UpdateUserResponse
+	9,  // 26: sigil.v1.UserService.ResetUser:output_type -> sigil.v1.ResetUserResponse
+	15, // 27: sigil.v1.TokenService.AddToken:output_type -> sigil.v1.AddTokenResponse
+	17, // 28: sigil.v1.LockService.AddLock:output_type -> sigil.v1.AddLockResponse
+	19, // 29: sigil.v1.LockService.RemoveLock:output_type -> sigil.v1.RemoveLockResponse
+	20, // [20:30] is the sub-list for method output_type
+	10, // [10:20] is the sub-list for method input_type
 	10, // [10:10] is the sub-list for extension type_name
 	10, // [10:10] is the sub-list for extension extendee
 	0,  // [0:10] is the sub-list for field type_name
@@ -1121,7 +1228,7 @@ func file_sigil_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sigil_v1_admin_proto_rawDesc), len(file_sigil_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   20,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

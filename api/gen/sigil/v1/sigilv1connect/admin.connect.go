@@ -55,6 +55,8 @@ const (
 	UserServiceAddUserProcedure = "/sigil.v1.UserService/AddUser"
 	// UserServiceUpdateUserProcedure is the fully-qualified name of the UserService's UpdateUser RPC.
 	UserServiceUpdateUserProcedure = "/sigil.v1.UserService/UpdateUser"
+	// UserServiceResetUserProcedure is the fully-qualified name of the UserService's ResetUser RPC.
+	UserServiceResetUserProcedure = "/sigil.v1.UserService/ResetUser"
 	// TokenServiceAddTokenProcedure is the fully-qualified name of the TokenService's AddToken RPC.
 	TokenServiceAddTokenProcedure = "/sigil.v1.TokenService/AddToken"
 	// LockServiceAddLockProcedure is the fully-qualified name of the LockService's AddLock RPC.
@@ -215,6 +217,9 @@ func (UnimplementedResourceServiceHandler) DeleteResource(context.Context, *conn
 type UserServiceClient interface {
 	AddUser(context.Context, *connect.Request[v1.AddUserRequest]) (*connect.Response[v1.AddUserResponse], error)
 	UpdateUser(context.Context, *connect.Request[v1.UpdateUserRequest]) (*connect.Response[v1.UpdateUserResponse], error)
+	// ResetUser removes a user's password and one-time code device and
+	// returns a new signup link.
+	ResetUser(context.Context, *connect.Request[v1.ResetUserRequest]) (*connect.Response[v1.ResetUserResponse], error)
 }
 
 // NewUserServiceClient constructs a client for the sigil.v1.UserService service. By default, it
@@ -240,6 +245,12 @@ func NewUserServiceClient(httpClient connect.HTTPClient, baseURL string, opts ..
 			connect.WithSchema(userServiceMethods.ByName("UpdateUser")),
 			connect.WithClientOptions(opts...),
 		),
+		resetUser: connect.NewClient[v1.ResetUserRequest, v1.ResetUserResponse](
+			httpClient,
+			baseURL+UserServiceResetUserProcedure,
+			connect.WithSchema(userServiceMethods.ByName("ResetUser")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -247,6 +258,7 @@ func NewUserServiceClient(httpClient connect.HTTPClient, baseURL string, opts ..
 type userServiceClient struct {
 	addUser    *connect.Client[v1.AddUserRequest, v1.AddUserResponse]
 	updateUser *connect.Client[v1.UpdateUserRequest, v1.UpdateUserResponse]
+	resetUser  *connect.Client[v1.ResetUserRequest, v1.ResetUserResponse]
 }
 
 // AddUser calls sigil.v1.UserService.AddUser.
@@ -259,10 +271,18 @@ func (c *userServiceClient) UpdateUser(ctx context.Context, req *connect.Request
 	return c.updateUser.CallUnary(ctx, req)
 }
 
+// ResetUser calls sigil.v1.UserService.ResetUser.
+func (c *userServiceClient) ResetUser(ctx context.Context, req *connect.Request[v1.ResetUserRequest]) (*connect.Response[v1.ResetUserResponse], error) {
+	return c.resetUser.CallUnary(ctx, req)
+}
+
 // UserServiceHandler is an implementation of the sigil.v1.UserService service.
 type UserServiceHandler interface {
 	AddUser(context.Context, *connect.Request[v1.AddUserRequest]) (*connect.Response[v1.AddUserResponse], error)
 	UpdateUser(context.Context, *connect.Request[v1.UpdateUserRequest]) (*connect.Response[v1.UpdateUserResponse], error)
+	// ResetUser removes a user's password and one-time code device and
+	// returns a new signup link.
+	ResetUser(context.Context, *connect.Request[v1.ResetUserRequest]) (*connect.Response[v1.ResetUserResponse], error)
 }
 
 // NewUserServiceHandler builds an HTTP handler from the service implementation. It returns the path
@@ -284,12 +304,20 @@ func NewUserServiceHandler(svc UserServiceHandler, opts ...connect.HandlerOption
 		connect.WithSchema(userServiceMethods.ByName("UpdateUser")),
 		connect.WithHandlerOptions(opts...),
 	)
+	userServiceResetUserHandler := connect.NewUnaryHandler(
+		UserServiceResetUserProcedure,
+		svc.ResetUser,
+		connect.WithSchema(userServiceMethods.ByName("ResetUser")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/sigil.v1.UserService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case UserServiceAddUserProcedure:
 			userServiceAddUserHandler.ServeHTTP(w, r)
 		case UserServiceUpdateUserProcedure:
 			userServiceUpdateUserHandler.ServeHTTP(w, r)
+		case UserServiceResetUserProcedure:
+			userServiceResetUserHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -305,6 +333,10 @@ func (UnimplementedUserServiceHandler) AddUser(context.Context, *connect.Request
 
 func (UnimplementedUserServiceHandler) UpdateUser(context.Context, *connect.Request[v1.UpdateUserRequest]) (*connect.Response[v1.UpdateUserResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("sigil.v1.UserService.UpdateUser is not implemented"))
+}
+
+func (UnimplementedUserServiceHandler) ResetUser(context.Context, *connect.Request[v1.ResetUserRequest]) (*connect.Response[v1.ResetUserResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("sigil.v1.UserService.ResetUser is not implemented"))
 }
 
 // TokenServiceClient is a client for the sigil.v1.TokenService service.
