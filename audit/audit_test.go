@@ -2,238 +2,84 @@ package audit
 
 import (
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
 	"errors"
-	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/gravitational/trace"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/sigilhq/sigil/audit/store"
 )
 
 var fixedTime = time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
 
-func newFileEmitter(t *testing.T, path string) *FileEmitter {
-	t.Helper()
-	e, err := NewFileEmitter(FileConfig{Path: path, Clock: func() time.Time { return fixedTime }})
-	if err != nil {
-		t.Fatal(err)
+// memStore is a minimal store.Store recording appends, for emitter tests.
+type memStore struct {
+	store.Store
+	mu      sync.Mutex
+	events  []*Event
+	durable []bool
+	err     error
+}
+
+func (m *memStore) Append(ctx context.Context, ev *Event, durable bool) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.err != nil {
+		return m.err
 	}
-	t.Cleanup(func() { e.Close() })
+	m.events = append(m.events, ev)
+	m.durable = append(m.durable, durable)
+	return nil
+}
+
+func newStoreEmitter(m *memStore) *StoreEmitter {
+	e := NewStoreEmitter(m)
+	e.clock = func() time.Time { return fixedTime }
 	return e
 }
 
-func TestFileEmitterConcurrent(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "audit", "events.jsonl")
-	e := newFileEmitter(t, path)
-	const goroutines, perG = 20, 50
-	var wg sync.WaitGroup
-	errs := make(chan error, goroutines*perG)
-	for g := range goroutines {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range perG {
-				err := e.Emit(context.Background(), &Event{
-					Type:     EventDBQuery,
-					Identity: Identity{User: fmt.Sprintf("user%d", g), Kind: "human", Roles: []string{"dba"}},
-					Resource: Resource{Kind: "db", Name: "orders", DBUser: "app", DBName: "orders"},
-					Success:  true, Statement: fmt.Sprintf("SELECT %d", i),
-					Classification: ClassificationRead,
-				})
-				if err != nil {
-					errs <- err
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatalf("Emit: %v", err)
-	}
-	fi, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if perm := fi.Mode().Perm(); perm != 0o600 {
-		t.Fatalf("file mode %o, want 600", perm)
-	}
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if n := strings.Count(string(raw), "\n"); n != goroutines*perG {
-		t.Fatalf("file has %d lines, want %d", n, goroutines*perG)
-	}
-	events, err := ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(events) != goroutines*perG {
-		t.Fatalf("read %d events, want %d", len(events), goroutines*perG)
-	}
-	ids := make(map[string]bool)
-	perUser := make(map[string]int)
-	for _, ev := range events {
-		if _, err := uuid.Parse(ev.ID); err != nil {
-			t.Fatalf("event ID %q is not a UUID: %v", ev.ID, err)
-		}
-		if ids[ev.ID] {
-			t.Fatalf("duplicate event ID %s", ev.ID)
-		}
-		ids[ev.ID] = true
-		if !ev.Time.Equal(fixedTime) || ev.Type != EventDBQuery || ev.Resource.Name != "orders" || !ev.Success {
-			t.Fatalf("event did not roundtrip: %+v", ev)
-		}
-		perUser[ev.Identity.User]++
-	}
-	for g := range goroutines {
-		if n := perUser[fmt.Sprintf("user%d", g)]; n != perG {
-			t.Fatalf("user%d has %d events, want %d", g, n, perG)
-		}
-	}
-}
-
-func TestFileEmitterReopenAppends(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "events.jsonl")
-	e1, err := NewFileEmitter(FileConfig{Path: path})
-	if err != nil {
-		t.Fatal(err)
-	}
-	first := &Event{Type: EventUserLogin, Identity: Identity{User: "alice"}, Success: true}
-	if err := e1.Emit(context.Background(), first); err != nil {
-		t.Fatal(err)
-	}
-	if first.ID == "" || first.Time.IsZero() {
-		t.Fatalf("Emit did not fill ID and Time on the caller's event: %+v", first)
-	}
-	if err := e1.Close(); err != nil {
-		t.Fatal(err)
-	}
-	err = e1.Emit(context.Background(), &Event{Type: EventUserLogin})
-	if !trace.IsConnectionProblem(err) || !strings.Contains(err.Error(), "closed") {
-		t.Fatalf("Emit after Close: want ConnectionProblem, got %v", err)
-	}
-
-	// A loosely-permissioned existing file is tightened on open.
-	if err := os.Chmod(path, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	e2 := newFileEmitter(t, path)
-	second := &Event{ID: "fixed-id", Type: EventLockCreated, Identity: Identity{User: "bob"}}
-	if err := e2.Emit(context.Background(), second); err != nil {
-		t.Fatal(err)
-	}
-	events, err := ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(events) != 2 {
-		t.Fatalf("got %d events after reopen, want 2", len(events))
-	}
-	if events[0].ID != first.ID || events[0].Identity.User != "alice" {
-		t.Fatalf("first event changed: %+v", events[0])
-	}
-	if events[1].ID != "fixed-id" || events[1].Type != EventLockCreated || !events[1].Time.Equal(fixedTime) {
-		t.Fatalf("second event wrong: %+v", events[1])
-	}
-	fi, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if perm := fi.Mode().Perm(); perm != 0o600 {
-		t.Fatalf("file mode %o after reopen, want 600", perm)
-	}
-}
-
-func TestFileEmitterRedaction(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "events.jsonl")
-	e := newFileEmitter(t, path)
+func TestStoreEmitter(t *testing.T) {
+	m := &memStore{}
+	e := newStoreEmitter(m)
 	ev := &Event{
-		Type: EventJoin,
-		Details: map[string]string{
-			"password":      "hunter2hunter2",
-			"token":         "s3cr3t-join-token",
-			"Refresh-Token": "abc",
-			"db_password":   "pw",
-			"totp":          "123456",
-			"method":        "token",
-			"footprint":     "large",
-		},
+		Type:     EventDBSessionStart,
+		Identity: &Identity{User: "alice"},
+		Details:  map[string]string{"password": "hunter2hunter2", "method": "token"},
 	}
 	if err := e.Emit(context.Background(), ev); err != nil {
 		t.Fatal(err)
+	}
+	if ev.Id == "" || !ev.Time.AsTime().Equal(fixedTime) {
+		t.Fatalf("Emit did not fill ID and Time on the caller's event: %v", ev)
 	}
 	if ev.Details["password"] != "hunter2hunter2" {
 		t.Fatal("Emit redacted the caller's map; it must redact a copy")
 	}
-	raw, err := os.ReadFile(path)
-	if err != nil {
+	if err := e.Emit(context.Background(), &Event{Type: EventDBQuery}); err != nil {
 		t.Fatal(err)
 	}
-	for _, secret := range []string{"hunter2hunter2", "s3cr3t-join-token", `"abc"`, `"pw"`, "123456"} {
-		if strings.Contains(string(raw), secret) {
-			t.Fatalf("secret %q written to audit file: %s", secret, raw)
-		}
+	if len(m.events) != 2 || !m.durable[0] || m.durable[1] {
+		t.Fatalf("durable flags %v, want session start durable and query not", m.durable)
 	}
-	events, err := ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
+	got := m.events[0]
+	if got.Id != ev.Id || got.Details["password"] != redactedValue || got.Details["method"] != "token" {
+		t.Fatalf("stored event: %v", got)
 	}
-	got := events[0].Details
-	want := map[string]string{
-		"password": redactedValue, "token": redactedValue, "Refresh-Token": redactedValue,
-		"db_password": redactedValue, "totp": redactedValue,
-		"method": "token", "footprint": "large",
-	}
-	for k, v := range want {
-		if got[k] != v {
-			t.Errorf("details[%q] = %q, want %q", k, got[k], v)
-		}
-	}
-}
-
-func TestFileEmitterBounds(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "events.jsonl")
-	e := newFileEmitter(t, path)
-	params := make([]string, 100)
-	for i := range params {
-		params[i] = strings.Repeat("p", 1000)
-	}
-	ev := &Event{Type: EventDBQuery, Statement: strings.Repeat("é", MaxStatementBytes), Parameters: params}
-	if err := e.Emit(context.Background(), ev); err != nil {
-		t.Fatal(err)
-	}
-	if len(ev.Parameters) != 100 || len(ev.Parameters[0]) != 1000 {
-		t.Fatal("Emit truncated the caller's parameters")
-	}
-	events, err := ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := events[0]
-	if !strings.HasSuffix(got.Statement, truncatedSuffix) || len(got.Statement) > MaxStatementBytes+len(truncatedSuffix) {
-		t.Fatalf("statement not truncated: %d bytes", len(got.Statement))
-	}
-	if !strings.HasPrefix(got.Statement, "éé") || strings.ContainsRune(got.Statement, '\uFFFD') {
-		t.Fatal("truncation split a UTF-8 sequence")
-	}
-	if len(got.Parameters) != MaxParameters+1 || got.Parameters[MaxParameters] != truncatedSuffix {
-		t.Fatalf("parameters not bounded: %d", len(got.Parameters))
-	}
-	if len(got.Parameters[0]) != MaxParameterBytes+len(truncatedSuffix) {
-		t.Fatalf("parameter not truncated: %d bytes", len(got.Parameters[0]))
+	m.err = trace.ConnectionProblem(nil, "disk full")
+	if err := e.Emit(context.Background(), &Event{Type: EventDBSessionStart}); !trace.IsConnectionProblem(err) {
+		t.Fatalf("store failure must reach the caller (fail closed), got %v", err)
 	}
 }
 
 func TestEmitValidation(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "events.jsonl")
-	e := newFileEmitter(t, path)
+	e := newStoreEmitter(&memStore{})
 	if err := e.Emit(context.Background(), &Event{}); !trace.IsBadParameter(err) || !strings.Contains(err.Error(), "type is required") {
 		t.Fatalf("missing type: want BadParameter, got %v", err)
 	}
@@ -245,58 +91,235 @@ func TestEmitValidation(t *testing.T) {
 	if err := e.Emit(ctx, &Event{Type: EventJoin}); !errors.Is(err, context.Canceled) {
 		t.Fatalf("cancelled context: want context.Canceled, got %v", err)
 	}
-	if _, err := NewFileEmitter(FileConfig{}); !trace.IsBadParameter(err) {
-		t.Fatalf("empty path: want BadParameter, got %v", err)
+	huge := &Event{Type: EventJoin, Details: map[string]string{}}
+	for i := range MaxDetails {
+		huge.Details[strings.Repeat("k", 4096)+string(rune('A'+i))] = strings.Repeat("v", MaxDetailBytes)
+	}
+	if err := e.Emit(context.Background(), huge); !trace.IsLimitExceeded(err) {
+		t.Fatalf("oversized event: want LimitExceeded, got %v", err)
 	}
 }
 
-func TestReadFileMalformed(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "events.jsonl")
-	content := `{"id":"a","type":"join","time":"2025-01-02T03:04:05Z"}` + "\n\n" + `{"id":` + "\n"
-	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+func TestRedact(t *testing.T) {
+	ev := &Event{Type: EventJoin, Details: map[string]string{
+		"password": "hunter2hunter2", "token": "s3cr3t", "Refresh-Token": "abc",
+		"db_password": "pw", "totp": "123456", "method": "token", "footprint": "large",
+	}}
+	Redact(ev)
+	want := map[string]string{
+		"password": redactedValue, "token": redactedValue, "Refresh-Token": redactedValue,
+		"db_password": redactedValue, "totp": redactedValue,
+		"method": "token", "footprint": "large",
+	}
+	for k, v := range want {
+		if ev.Details[k] != v {
+			t.Errorf("details[%q] = %q, want %q", k, ev.Details[k], v)
+		}
+	}
+}
+
+func TestBound(t *testing.T) {
+	params := make([]string, 100)
+	for i := range params {
+		params[i] = strings.Repeat("p", 1000)
+	}
+	ev := &Event{Type: EventDBQuery, Statement: strings.Repeat("é", MaxStatementBytes), Parameters: params}
+	Bound(ev)
+	if !strings.HasSuffix(ev.Statement, truncatedSuffix) || len(ev.Statement) > MaxStatementBytes+len(truncatedSuffix) {
+		t.Fatalf("statement not truncated: %d bytes", len(ev.Statement))
+	}
+	if !strings.HasPrefix(ev.Statement, "éé") || strings.ContainsRune(ev.Statement, '\uFFFD') {
+		t.Fatal("truncation split a UTF-8 sequence")
+	}
+	if len(ev.Parameters) != MaxParameters+1 || ev.Parameters[MaxParameters] != truncatedSuffix {
+		t.Fatalf("parameters not bounded: %d", len(ev.Parameters))
+	}
+	if len(ev.Parameters[0]) != MaxParameterBytes+len(truncatedSuffix) {
+		t.Fatalf("parameter not truncated: %d bytes", len(ev.Parameters[0]))
+	}
+	if len(params[0]) != 1000 {
+		t.Fatal("Bound wrote through to a parameter string")
+	}
+}
+
+func TestJSONLine(t *testing.T) {
+	ev := &Event{
+		Id: "a", Type: EventDBQuery, Time: timestamppb.New(fixedTime), SessionId: "s1",
+		Identity: &Identity{User: "alice", OnBehalfOf: "bob"}, Seq: 7, PrevHash: "00", Hash: "ff",
+	}
+	line, err := MarshalJSONLine(ev)
+	if err != nil {
 		t.Fatal(err)
 	}
-	_, err := ReadFile(path)
-	if !trace.IsBadParameter(err) || !strings.Contains(err.Error(), "line 3") {
+	for _, want := range []string{`"session_id":"s1"`, `"on_behalf_of":"bob"`, `"prev_hash":"00"`, `"time":"2025-01-02T03:04:05Z"`} {
+		if !strings.Contains(string(line), want) {
+			t.Errorf("JSON line lacks %s: %s", want, line)
+		}
+	}
+	if strings.ContainsAny(string(line), "\n") {
+		t.Fatalf("JSON line has a newline: %q", line)
+	}
+	back, err := UnmarshalJSONLine(line)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !proto.Equal(back, ev) {
+		t.Fatalf("roundtrip: %v, want %v", back, ev)
+	}
+	input := string(line) + "\n\n" + `{"id":` + "\n"
+	if _, err := Read(strings.NewReader(input)); !trace.IsBadParameter(err) || !strings.Contains(err.Error(), "line 3") {
 		t.Fatalf("want BadParameter naming line 3, got %v", err)
 	}
-	if _, err := ReadFile(filepath.Join(t.TempDir(), "missing")); !trace.IsNotFound(err) {
+	if _, err := ReadFile(t.TempDir() + "/missing"); !trace.IsNotFound(err) {
 		t.Fatalf("missing file: want NotFound, got %v", err)
 	}
 }
 
-type recordingEmitter struct {
-	mu     sync.Mutex
-	events []Event
-	err    error
+// chain builds n linked events the way a store does.
+func chain(t *testing.T, n int) []*Event {
+	t.Helper()
+	var evs []*Event
+	prev := ""
+	for i := 1; i <= n; i++ {
+		ev := &Event{Id: "id", Type: EventSSHExec, Seq: uint64(i), PrevHash: prev, Statement: "ls",
+			Time: timestamppb.New(fixedTime.Add(time.Duration(i) * time.Second))}
+		h, err := Hash(ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ev.Hash, prev = h, h
+		evs = append(evs, ev)
+	}
+	return evs
 }
 
-func (r *recordingEmitter) Emit(ctx context.Context, ev *Event) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.events = append(r.events, *ev.Clone())
-	return r.err
+func TestVerify(t *testing.T) {
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	evs := chain(t, 10)
+	res, err := Verify(evs, nil, pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Events != 10 || res.FirstSeq != 1 || res.LastSeq != 10 || res.LastHash != evs[9].Hash {
+		t.Fatalf("result %+v", res)
+	}
+	cp := &Checkpoint{Seq: 4, Hash: evs[3].Hash, Time: evs[3].Time}
+	if err := SignCheckpoint(cp, priv); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := Verify(evs[4:], cp, pub); err != nil || res.FirstSeq != 5 {
+		t.Fatalf("from checkpoint: %+v, %v", res, err)
+	}
+	if res, err := Verify(nil, cp, pub); err != nil || res.LastSeq != 4 || res.Events != 0 {
+		t.Fatalf("checkpoint only: %+v, %v", res, err)
+	}
+	otherPub, _, _ := ed25519.GenerateKey(rand.Reader)
+
+	mutate := func(i int, f func(ev *Event)) []*Event {
+		out := make([]*Event, len(evs))
+		for j, ev := range evs {
+			out[j] = Clone(ev)
+		}
+		f(out[i])
+		return out
+	}
+	for _, tc := range []struct {
+		name   string
+		events []*Event
+		cp     *Checkpoint
+		pub    ed25519.PublicKey
+		want   string
+	}{
+		{"content changed", mutate(5, func(ev *Event) { ev.Statement = "rm -rf /" }), nil, pub, "event 6: hash mismatch (stored"},
+		{"hash changed", mutate(2, func(ev *Event) { ev.Hash = strings.Repeat("0", 64) }), nil, pub, "event 3: hash mismatch"},
+		{"link broken", mutate(7, func(ev *Event) { ev.PrevHash = evs[5].Hash }), nil, pub, "event 8: prev_hash"},
+		{"missing event", append(append([]*Event{}, evs[:3]...), evs[4:]...), nil, pub, "event 4: missing"},
+		{"duplicate", append(append([]*Event{}, evs[:3]...), evs[2:]...), nil, pub, "event 3: out of order or duplicate"},
+		{"no checkpoint for a pruned chain", evs[4:], nil, pub, "event 1: missing"},
+		{"checkpoint wrong key", evs[4:], cp, otherPub, "signature does not verify"},
+		{"checkpoint does not fit", evs[5:], cp, pub, "event 5: missing"},
+		{"first event bad prev", mutate(0, func(ev *Event) { ev.PrevHash = "ab" }), nil, pub, "event 1: prev_hash"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Verify(tc.events, tc.cp, tc.pub)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("want error containing %q, got %v", tc.want, err)
+			}
+		})
+	}
+
+	// Streaming: the first failure sticks.
+	v, err := NewVerifier(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := mutate(1, func(ev *Event) { ev.Statement = "x" })
+	for _, ev := range bad {
+		v.Add(ev)
+	}
+	if _, err := v.Done(); err == nil || !strings.Contains(err.Error(), "event 2:") {
+		t.Fatalf("streaming verifier: want event 2 reported, got %v", err)
+	}
+
+	// Streaming from a checkpoint, as sigilctl does with Export.
+	v, err = NewVerifier(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Checkpoint(cp); err != nil {
+		t.Fatal(err)
+	}
+	for _, ev := range evs[4:] {
+		if err := v.Add(ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res, err = v.Done()
+	if err != nil || res.Events != 6 || !strings.Contains(res.String(), "6 events, seq 5 to 10, from the signed checkpoint at seq 4") {
+		t.Fatalf("streamed from checkpoint: %v, %v", res, err)
+	}
+	if err := v.Checkpoint(cp); err == nil {
+		t.Fatal("a checkpoint after events was accepted")
+	}
+	v, _ = NewVerifier(nil)
+	if err := v.Checkpoint(cp); err == nil || !strings.Contains(err.Error(), "no audit public key") {
+		t.Fatalf("checkpoint without key: %v", err)
+	}
+}
+
+func TestCheckpointSignature(t *testing.T) {
+	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
+	cp := &Checkpoint{Seq: 9, Hash: "abcd", Time: timestamppb.New(fixedTime)}
+	if err := SignCheckpoint(cp, priv); err != nil {
+		t.Fatal(err)
+	}
+	if err := VerifyCheckpoint(cp, pub); err != nil {
+		t.Fatal(err)
+	}
+	cp.Hash = "abce"
+	if err := VerifyCheckpoint(cp, pub); !trace.IsCompareFailed(err) {
+		t.Fatalf("altered checkpoint: want CompareFailed, got %v", err)
+	}
+	if err := VerifyCheckpoint(cp, nil); !trace.IsBadParameter(err) {
+		t.Fatalf("no key: want BadParameter, got %v", err)
+	}
 }
 
 func TestMultiEmitter(t *testing.T) {
-	a := &recordingEmitter{}
-	b := &recordingEmitter{err: trace.ConnectionProblem(nil, "sink b down")}
-	c := &recordingEmitter{err: trace.ConnectionProblem(nil, "sink c down")}
-	m := NewMultiEmitter(a, b, c)
-	ev := &Event{Type: EventCertIssued, Identity: Identity{User: "alice", CertSerial: "01"}}
+	a, b, c := &memStore{}, &memStore{err: trace.ConnectionProblem(nil, "sink b down")}, &memStore{err: trace.ConnectionProblem(nil, "sink c down")}
+	m := NewMultiEmitter(NewStoreEmitter(a), NewStoreEmitter(b), NewStoreEmitter(c))
+	ev := &Event{Type: EventCertIssued, Identity: &Identity{User: "alice", CertSerial: "01"}}
 	err := m.Emit(context.Background(), ev)
 	if err == nil || !strings.Contains(err.Error(), "sink b down") {
 		t.Fatalf("want the first error (sink b), got %v", err)
 	}
-	for name, r := range map[string]*recordingEmitter{"a": a, "b": b, "c": c} {
-		if len(r.events) != 1 {
-			t.Fatalf("sink %s got %d events, want 1", name, len(r.events))
-		}
-		if r.events[0].ID != ev.ID || ev.ID == "" {
-			t.Fatalf("sink %s saw ID %q, caller has %q", name, r.events[0].ID, ev.ID)
-		}
+	if len(a.events) != 1 || a.events[0].Id != ev.Id || ev.Id == "" {
+		t.Fatalf("sink a: %v, caller ID %q", a.events, ev.Id)
 	}
-	if err := NewMultiEmitter(a).Emit(context.Background(), &Event{Type: EventJoin}); err != nil {
+	if err := NewMultiEmitter(NewStoreEmitter(a)).Emit(context.Background(), &Event{Type: EventJoin}); err != nil {
 		t.Fatalf("all sinks succeed: %v", err)
 	}
 }
@@ -306,12 +329,24 @@ func TestDiscardEmitter(t *testing.T) {
 	if err := (DiscardEmitter{}).Emit(context.Background(), ev); err != nil {
 		t.Fatal(err)
 	}
-	if ev.ID == "" || ev.Time.IsZero() {
-		t.Fatalf("DiscardEmitter did not fill defaults: %+v", ev)
+	if ev.Id == "" || ev.Time == nil {
+		t.Fatalf("DiscardEmitter did not fill defaults: %v", ev)
 	}
 	var _ Emitter = DiscardEmitter{}
-	var _ Emitter = (*FileEmitter)(nil)
+	var _ Emitter = (*StoreEmitter)(nil)
 	var _ Emitter = (*MultiEmitter)(nil)
+}
+
+func TestIsDurable(t *testing.T) {
+	for _, typ := range EventTypes() {
+		want := typ != EventDBQuery && typ != EventKubeRequest && typ != EventAppRequest
+		if IsDurable(typ) != want {
+			t.Errorf("IsDurable(%q) = %v, want %v", typ, !want, want)
+		}
+	}
+	if !IsDurable("some.future.type") {
+		t.Error("unknown types must default to durable")
+	}
 }
 
 func TestEventTypes(t *testing.T) {

@@ -8,7 +8,25 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/gravitational/trace"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	sigilv1 "github.com/sigilhq/sigil/api/gen/sigil/v1"
 )
+
+// Event is one audit record. It is the protobuf message so that the store,
+// the API, the CLI and the SIEM sinks share one definition and one
+// canonical encoding.
+type Event = sigilv1.AuditEvent
+
+// Identity is who acted.
+type Identity = sigilv1.AuditIdentity
+
+// Resource is what was acted on.
+type Resource = sigilv1.AuditResource
+
+// Checkpoint is the signed record of the last event retention pruned.
+type Checkpoint = sigilv1.AuditCheckpoint
 
 // Event types, as listed in SPEC.md "Gateway behaviour".
 const (
@@ -51,6 +69,21 @@ func IsKnownEventType(t string) bool {
 	return slices.Contains(EventTypes(), t)
 }
 
+// IsDurable reports whether Emit of an event of type t must wait for the
+// event to be fsynced. Only the high-volume per-request types (db.query,
+// kube.request, app.request) are queued for the next group commit instead:
+// each belongs to a session whose start event was durable, and making every
+// query wait for a disk sync would put the audit log on the data path.
+// ssh.exec stays durable: a command run on a host is rare next to queries
+// and is exactly what an investigation needs.
+func IsDurable(t string) bool {
+	switch t {
+	case EventDBQuery, EventKubeRequest, EventAppRequest:
+		return false
+	}
+	return true
+}
+
 // Query classifications for db.query events.
 const (
 	ClassificationRead  = "read"
@@ -66,92 +99,40 @@ const (
 	MaxParameterBytes = 256
 	MaxDetails        = 64
 	MaxDetailBytes    = 4 * 1024
-	// MaxEventBytes is the largest encoded event the file sink will write
-	// or read back.
+	// MaxEventBytes is the largest encoded event a store accepts or a
+	// reader parses.
 	MaxEventBytes = 256 * 1024
 )
 
 // truncatedSuffix marks a value shortened by Bound.
 const truncatedSuffix = "…[truncated]"
 
-// Event is one audit record. Field names are the wire/JSON contract shared
-// by every sink and by the CLI, so they must not be renamed.
-type Event struct {
-	ID        string    `json:"id"`
-	Time      time.Time `json:"time"`
-	Type      string    `json:"type"`
-	Identity  Identity  `json:"identity"`
-	SessionID string    `json:"session_id,omitempty"`
-	Resource  Resource  `json:"resource"`
-	// ClientAddr is the remote address of the client as seen by Sigil.
-	ClientAddr string `json:"client_addr,omitempty"`
-	Success    bool   `json:"success"`
-	// Error is the user-facing reason for a failure or refusal.
-	Error string `json:"error,omitempty"`
-	// Statement, Parameters and Classification are set for db.query.
-	Statement      string   `json:"statement,omitempty"`
-	Parameters     []string `json:"parameters,omitempty"`
-	Classification string   `json:"classification,omitempty"`
-	// Details carries event-specific extras. Never put secrets here.
-	Details map[string]string `json:"details,omitempty"`
-	// PrevHash and Hash are set only by the hash-chained store.
-	PrevHash string `json:"prev_hash,omitempty"`
-	Hash     string `json:"hash,omitempty"`
-}
-
-// Identity is who acted.
-type Identity struct {
-	User string `json:"user,omitempty"`
-	// Kind is human, bot or agent.
-	Kind  string   `json:"kind,omitempty"`
-	Roles []string `json:"roles,omitempty"`
-	// OnBehalfOf is the human an AI agent acts for.
-	OnBehalfOf string   `json:"on_behalf_of,omitempty"`
-	Requests   []string `json:"requests,omitempty"`
-	MFADevice  string   `json:"mfa_device,omitempty"`
-	CertSerial string   `json:"cert_serial,omitempty"`
-}
-
-// Resource is what was acted on.
-type Resource struct {
-	Kind   string `json:"kind,omitempty"`
-	Name   string `json:"name,omitempty"`
-	DBUser string `json:"db_user,omitempty"`
-	DBName string `json:"db_name,omitempty"`
-	Login  string `json:"login,omitempty"`
-}
-
 // SetDefaults validates ev and fills ID and Time when empty. Emitters call it
 // so that the caller's Event carries the same ID every sink records.
-func (ev *Event) SetDefaults(now time.Time) error {
+func SetDefaults(ev *Event, now time.Time) error {
 	if ev == nil {
 		return trace.BadParameter("audit event is nil")
 	}
 	if ev.Type == "" {
 		return trace.BadParameter("audit event type is required")
 	}
-	if ev.ID == "" {
-		ev.ID = uuid.NewString()
+	if ev.Id == "" {
+		ev.Id = uuid.NewString()
 	}
-	if ev.Time.IsZero() {
-		ev.Time = now.UTC()
+	if ev.Time == nil || (ev.Time.Seconds == 0 && ev.Time.Nanos == 0) {
+		ev.Time = timestamppb.New(now.UTC())
 	}
 	return nil
 }
 
 // Clone returns a deep copy of ev.
-func (ev *Event) Clone() *Event {
-	out := *ev
-	out.Identity.Roles = slices.Clone(ev.Identity.Roles)
-	out.Identity.Requests = slices.Clone(ev.Identity.Requests)
-	out.Parameters = slices.Clone(ev.Parameters)
-	out.Details = maps.Clone(ev.Details)
-	return &out
+func Clone(ev *Event) *Event {
+	return proto.Clone(ev).(*Event)
 }
 
 // Bound truncates the unbounded fields of ev in place (statement,
 // parameters, details) so one event cannot grow the log without limit.
-func (ev *Event) Bound() {
+func Bound(ev *Event) {
 	ev.Statement = truncate(ev.Statement, MaxStatementBytes)
 	if len(ev.Parameters) > MaxParameters {
 		ev.Parameters = append(ev.Parameters[:MaxParameters:MaxParameters], truncatedSuffix)
@@ -219,7 +200,7 @@ func IsSecretKey(key string) bool {
 }
 
 // Redact replaces in place the value of every Details key that IsSecretKey.
-func (ev *Event) Redact() {
+func Redact(ev *Event) {
 	for k := range ev.Details {
 		if IsSecretKey(k) {
 			ev.Details[k] = redactedValue

@@ -217,10 +217,15 @@ spec:
 	}
 
 	// The audit log names alice, not a shared account.
-	events := readAudit(t, filepath.Join(d.DataDir, "audit", "events.jsonl"))
+	search := mustOK(ctl("audit", "search", "--since", "1h", "--type", "user.login,lock.created", "--format", "json"), "audit search")
+	var events []map[string]any
+	if err := json.Unmarshal([]byte(search.Stdout), &events); err != nil {
+		t.Fatalf("audit search --format json: %v\n%s", err, search.Stdout)
+	}
 	var okLogin, failedLogin, lockCreated bool
 	for _, ev := range events {
-		user, _ := ev["identity"].(map[string]any)["user"].(string)
+		ident, _ := ev["identity"].(map[string]any)
+		user, _ := ident["user"].(string)
 		switch {
 		case ev["type"] == "user.login" && user == "alice" && ev["success"] == true:
 			okLogin = true
@@ -233,6 +238,23 @@ spec:
 	if !okLogin || !failedLogin || !lockCreated {
 		t.Fatalf("audit: ok login %v, failed login %v, lock %v", okLogin, failedLogin, lockCreated)
 	}
+
+	// Alice reads her own events only.
+	own := mustOK(testenv.Run(t, env, "", "sigilctl", "audit", "search", "--format", "json"), "audit search as alice")
+	var ownEvents []map[string]any
+	if err := json.Unmarshal([]byte(own.Stdout), &ownEvents); err != nil || len(ownEvents) == 0 {
+		t.Fatalf("alice's own events: %v\n%s", err, own.Stdout)
+	}
+	for _, ev := range ownEvents {
+		if ev["identity"].(map[string]any)["user"] != "alice" {
+			t.Fatalf("alice sees someone else's event: %v", ev)
+		}
+	}
+	r = testenv.Run(t, env, "", "sigilctl", "audit", "search", "--user", "admin")
+	if r.ExitCode == 0 || !strings.Contains(r.Stderr, "only read your own") {
+		t.Fatalf("alice reading admin's events: exit %d, stderr %q", r.ExitCode, r.Stderr)
+	}
+	mustOK(ctl("audit", "verify"), "audit verify")
 
 	// Restart on the same data dir: same CAs, no new CA created.
 	d.Stop()
@@ -247,21 +269,4 @@ spec:
 	if ca2.Stdout != ca.Stdout {
 		t.Fatal("the TLS CA changed across a restart")
 	}
-}
-
-func readAudit(t *testing.T, path string) []map[string]any {
-	t.Helper()
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []map[string]any
-	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
-		var ev map[string]any
-		if err := json.Unmarshal([]byte(line), &ev); err != nil {
-			t.Fatalf("audit line %q: %v", line, err)
-		}
-		out = append(out, ev)
-	}
-	return out
 }

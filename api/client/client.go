@@ -56,6 +56,7 @@ type Client struct {
 	Users     sigilv1connect.UserServiceClient
 	Tokens    sigilv1connect.TokenServiceClient
 	Locks     sigilv1connect.LockServiceClient
+	Audit     sigilv1connect.AuditServiceClient
 
 	// HTTPClient is exposed so callers can close idle connections.
 	HTTPClient *http.Client
@@ -94,6 +95,7 @@ func New(cfg Config) (*Client, error) {
 		Users:      sigilv1connect.NewUserServiceClient(httpClient, baseURL),
 		Tokens:     sigilv1connect.NewTokenServiceClient(httpClient, baseURL),
 		Locks:      sigilv1connect.NewLockServiceClient(httpClient, baseURL),
+		Audit:      sigilv1connect.NewAuditServiceClient(httpClient, baseURL),
 		HTTPClient: httpClient,
 		BaseURL:    baseURL,
 	}, nil

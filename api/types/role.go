@@ -24,6 +24,17 @@ const (
 	VerbDelete = "delete"
 )
 
+// RuleResourceAudit names the audit log in role rules: "list" (search,
+// export, watch) on "audit" lets a role read everyone's events; without
+// it a caller reads only their own.
+const RuleResourceAudit = "audit"
+
+// RuleResources lists what role rules may name: every resource kind and
+// the audit log.
+func RuleResources() []string {
+	return append(Kinds(), RuleResourceAudit)
+}
+
 // StatementsRank orders statement classes: read 1, write 2, admin 3, anything else 0.
 func StatementsRank(s string) int {
 	switch s {
@@ -205,8 +216,8 @@ func (c *RoleConditions) check(p string, deny bool) error {
 			return trace.BadParameter("%s.verbs: needs at least one verb or \"*\"", rp)
 		}
 		for _, res := range rule.Resources {
-			if res != Wildcard && !IsKnownKind(res) {
-				return trace.BadParameter("%s.resources: %q is not one of %s, *", rp, truncate(res, 40), strings.Join(Kinds(), ", "))
+			if res != Wildcard && res != RuleResourceAudit && !IsKnownKind(res) {
+				return trace.BadParameter("%s.resources: %q is not one of %s, *", rp, truncate(res, 40), strings.Join(RuleResources(), ", "))
 			}
 		}
 		for _, v := range rule.Verbs {

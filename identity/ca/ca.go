@@ -39,10 +39,12 @@ const (
 	SSHUserCA Type = "ssh_user"
 	// SSHHostCA signs SSH host certificates.
 	SSHHostCA Type = "ssh_host"
+	// AuditKey signs audit log checkpoints (Ed25519, no certificate).
+	AuditKey Type = "audit"
 )
 
 // Types lists every CA, in the order they are loaded.
-func Types() []Type { return []Type{TLSCA, UserCA, DBCA, SSHUserCA, SSHHostCA} }
+func Types() []Type { return []Type{TLSCA, UserCA, DBCA, SSHUserCA, SSHHostCA, AuditKey} }
 
 // ParseType validates s as a CA type.
 func ParseType(s string) (Type, error) {
@@ -56,6 +58,9 @@ func ParseType(s string) (Type, error) {
 
 // IsSSH reports whether t is an SSH CA (Ed25519, no X.509 certificate).
 func (t Type) IsSSH() bool { return t == SSHUserCA || t == SSHHostCA }
+
+// isEd25519 reports whether t's key is Ed25519 (SSH CAs and the audit key).
+func (t Type) isEd25519() bool { return t.IsSSH() || t == AuditKey }
 
 const (
 	caValidity = 10 * 365 * 24 * time.Hour
@@ -109,8 +114,10 @@ type authority struct {
 	key         *ecdsa.PrivateKey
 	pool        *x509.CertPool
 	fingerprint string
-	// SSH CAs.
+	// SSH CAs and the audit key.
 	sshSigner ssh.Signer
+	// The audit key.
+	ed25519Key ed25519.PrivateKey
 }
 
 // Authority holds every CA in memory after loading them from storage.
@@ -126,7 +133,7 @@ type record struct {
 	Type Type `json:"type"`
 	// CertPEM is the self-signed CA certificate (X.509 CAs).
 	CertPEM string `json:"cert_pem,omitempty"`
-	// SSHPublicKey is in authorized_keys format (SSH CAs).
+	// SSHPublicKey is in authorized_keys format (SSH CAs and the audit key).
 	SSHPublicKey string `json:"ssh_public_key,omitempty"`
 	// SealedKey is the PKCS#8 private key sealed with the CA type as AAD.
 	SealedKey []byte `json:"sealed_key"`
@@ -196,7 +203,7 @@ func (a *Authority) loadOrCreate(ctx context.Context, t Type) (*authority, bool,
 func (a *Authority) generate(t Type) (*record, error) {
 	rec := &record{Type: t}
 	var priv crypto.Signer
-	if t.IsSSH() {
+	if t.isEd25519() {
 		_, key, err := ed25519.GenerateKey(rand.Reader)
 		if err != nil {
 			return nil, trace.Wrap(err)
@@ -264,7 +271,7 @@ func (a *Authority) load(t Type, value []byte) (*authority, error) {
 		return nil, trace.BadParameter("%s CA key: %v", t, err)
 	}
 	ca := &authority{typ: t}
-	if t.IsSSH() {
+	if t.isEd25519() {
 		key, ok := parsed.(ed25519.PrivateKey)
 		if !ok {
 			return nil, trace.BadParameter("%s CA key is %T, want Ed25519", t, parsed)
@@ -284,6 +291,10 @@ func (a *Authority) load(t Type, value []byte) (*authority, error) {
 			return nil, trace.BadParameter("%s CA public key does not match its private key", t)
 		}
 		ca.fingerprint = ssh.FingerprintSHA256(pub)
+		if t == AuditKey {
+			// The audit key signs checkpoints, never SSH certificates.
+			ca.ed25519Key, ca.sshSigner = key, nil
+		}
 		return ca, nil
 	}
 	key, ok := parsed.(*ecdsa.PrivateKey)
@@ -391,4 +402,22 @@ func (a *Authority) Fingerprint(t Type) string {
 		return ""
 	}
 	return ca.fingerprint
+}
+
+// AuditSigner is the Ed25519 key that signs audit checkpoints.
+func (a *Authority) AuditSigner() ed25519.PrivateKey {
+	ca, ok := a.cas[AuditKey]
+	if !ok {
+		return nil
+	}
+	return append(ed25519.PrivateKey(nil), ca.ed25519Key...)
+}
+
+// AuditPublicKey verifies audit checkpoints (see audit.VerifyCheckpoint).
+func (a *Authority) AuditPublicKey() ed25519.PublicKey {
+	ca, ok := a.cas[AuditKey]
+	if !ok {
+		return nil
+	}
+	return ca.ed25519Key.Public().(ed25519.PublicKey)
 }

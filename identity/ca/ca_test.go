@@ -98,6 +98,20 @@ func TestCreateThenReopen(t *testing.T) {
 		if first.Fingerprint(typ) == "" || first.Fingerprint(typ) != second.Fingerprint(typ) {
 			t.Errorf("%s fingerprint changed across restart: %q vs %q", typ, first.Fingerprint(typ), second.Fingerprint(typ))
 		}
+		if typ == AuditKey {
+			pub := second.AuditPublicKey()
+			if len(first.AuditSigner()) != ed25519.PrivateKeySize || !first.AuditPublicKey().Equal(pub) {
+				t.Errorf("audit key changed across restart or is not Ed25519")
+			}
+			msg := []byte("checkpoint")
+			if !ed25519.Verify(pub, msg, ed25519.Sign(first.AuditSigner(), msg)) {
+				t.Error("audit signer does not match the audit public key")
+			}
+			if first.CertPEM(typ) != nil || first.SSHPublicKey(typ) != nil {
+				t.Error("audit key exposed as a certificate or SSH CA")
+			}
+			continue
+		}
 		if typ.IsSSH() {
 			if !bytes.Equal(first.SSHPublicKey(typ).Marshal(), second.SSHPublicKey(typ).Marshal()) {
 				t.Errorf("%s public key changed", typ)

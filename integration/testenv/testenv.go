@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sigilhq/sigil/api/client"
 )
 
 var (
@@ -138,6 +140,33 @@ func (d *Daemon) Stop() {
 		_ = d.cmd.Process.Kill()
 		<-d.done
 	}
+}
+
+// Kill ends sigild with SIGKILL, as a crash would, and waits for it.
+func (d *Daemon) Kill() {
+	select {
+	case <-d.done:
+		return
+	default:
+	}
+	_ = d.cmd.Process.Kill()
+	<-d.done
+}
+
+// AdminClient returns an API client acting as the daemon's local admin
+// identity (what sigilctl --data-dir uses).
+func (d *Daemon) AdminClient(t testing.TB) *client.Client {
+	t.Helper()
+	id, err := client.LoadIdentityDir(filepath.Join(d.DataDir, "admin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	clt, err := client.NewFromIdentity(id, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(clt.Close)
+	return clt
 }
 
 // Result is the outcome of a CLI run.

@@ -42,7 +42,7 @@ func (s *Server) resourceChanged(ctx context.Context, id *certid.Identity, kind,
 	return s.emit(ctx, &audit.Event{
 		Type:     audit.EventResourceChanged,
 		Identity: auditIdentity(id),
-		Resource: audit.Resource{Kind: kind, Name: name},
+		Resource: &audit.Resource{Kind: kind, Name: name},
 		Success:  true,
 		Details:  map[string]string{"action": action},
 	})
@@ -383,7 +383,7 @@ func (h *lockService) AddLock(ctx context.Context, req *connect.Request[sigilv1.
 	if err := s.emit(ctx, &audit.Event{
 		Type:     audit.EventLockCreated,
 		Identity: auditIdentity(id),
-		Resource: audit.Resource{Kind: types.KindLock, Name: lock.Metadata.Name},
+		Resource: &audit.Resource{Kind: types.KindLock, Name: lock.Metadata.Name},
 		Success:  true,
 		Details:  details,
 	}); err != nil {

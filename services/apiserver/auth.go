@@ -6,6 +6,7 @@ import (
 	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/x509"
+	"strings"
 	"time"
 
 	"connectrpc.com/connect"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/sigilhq/sigil/api/client"
 	sigilv1 "github.com/sigilhq/sigil/api/gen/sigil/v1"
+	"github.com/sigilhq/sigil/api/types"
 	"github.com/sigilhq/sigil/audit"
 	"github.com/sigilhq/sigil/identity/ca"
 	"github.com/sigilhq/sigil/identity/certid"
@@ -31,7 +33,10 @@ func (a *authService) ClusterInfo(ctx context.Context, _ *connect.Request[sigilv
 }
 
 func (a *authService) Signup(ctx context.Context, req *connect.Request[sigilv1.SignupRequest]) (*connect.Response[sigilv1.SignupResponse], error) {
-	if err := a.s.cfg.Limiter.Allow("signup", peerAddr(req.Peer().Addr)); err != nil {
+	// Per address only: signup tokens are 256-bit secrets, and a shared
+	// bucket would cap signups cluster-wide (and collide with a user named
+	// "signup").
+	if err := a.s.cfg.Limiter.Allow("", peerAddr(req.Peer().Addr)); err != nil {
 		return nil, trace.Wrap(err)
 	}
 	name, err := a.s.cfg.Users.Signup(ctx, req.Msg.Token, []byte(req.Msg.Password))
@@ -40,8 +45,8 @@ func (a *authService) Signup(ctx context.Context, req *connect.Request[sigilv1.S
 	}
 	_ = a.s.emit(ctx, &audit.Event{
 		Type:       audit.EventResourceChanged,
-		Identity:   audit.Identity{User: name, Kind: string(certid.KindHuman)},
-		Resource:   audit.Resource{Kind: "user", Name: name},
+		Identity:   &audit.Identity{User: name, Kind: string(certid.KindHuman)},
+		Resource:   &audit.Resource{Kind: "user", Name: name},
 		ClientAddr: req.Peer().Addr,
 		Success:    true,
 		Details:    map[string]string{"action": "signup"},
@@ -53,17 +58,26 @@ func (a *authService) Login(ctx context.Context, req *connect.Request[sigilv1.Lo
 	s := a.s
 	m := req.Msg
 	addr := peerAddr(req.Peer().Addr)
+	// The name is attacker controlled: one that cannot be a user must not
+	// become a rate limiter key (memory) nor an unbounded audit field.
+	limitUser, auditUser := m.User, m.User
+	if types.ValidateName("user", m.User) != nil {
+		limitUser = ""
+		if len(auditUser) > types.MaxNameLen {
+			auditUser = strings.ToValidUTF8(auditUser[:types.MaxNameLen], "") + "..."
+		}
+	}
 	fail := func(err error) error {
 		_ = s.emit(ctx, &audit.Event{
 			Type:       audit.EventUserLogin,
-			Identity:   audit.Identity{User: m.User, Kind: string(certid.KindHuman)},
+			Identity:   &audit.Identity{User: auditUser, Kind: string(certid.KindHuman)},
 			ClientAddr: req.Peer().Addr,
 			Success:    false,
 			Error:      trace.UserMessage(err),
 		})
 		return err
 	}
-	if err := s.cfg.Limiter.Allow(m.User, addr); err != nil {
+	if err := s.cfg.Limiter.Allow(limitUser, addr); err != nil {
 		return nil, fail(trace.Wrap(err))
 	}
 	pub, err := parseTLSPublicKey(m.TlsPublicKey)

@@ -2,6 +2,7 @@ package apiserver
 
 import (
 	"context"
+	"crypto/ed25519"
 	"log/slog"
 	"net"
 	"net/http"
@@ -13,6 +14,7 @@ import (
 	"github.com/sigilhq/sigil/api/gen/sigil/v1/sigilv1connect"
 	"github.com/sigilhq/sigil/api/types"
 	"github.com/sigilhq/sigil/audit"
+	"github.com/sigilhq/sigil/audit/store"
 	"github.com/sigilhq/sigil/identity/authn"
 	"github.com/sigilhq/sigil/identity/ca"
 	"github.com/sigilhq/sigil/identity/certid"
@@ -33,13 +35,18 @@ const (
 
 // Config configures the API server.
 type Config struct {
-	Authority   *ca.Authority
-	Resources   *resources.Store
-	Users       *users.Service
-	Locks       *locks.Service
-	Emitter     audit.Emitter
-	Limiter     *authn.RateLimiter
-	ClusterName string
+	Authority *ca.Authority
+	Resources *resources.Store
+	Users     *users.Service
+	Locks     *locks.Service
+	Emitter   audit.Emitter
+	// AuditStore serves AuditService reads; without one, AuditService
+	// calls fail with NotImplemented.
+	AuditStore store.Store
+	// AuditPublicKey verifies audit checkpoints.
+	AuditPublicKey ed25519.PublicKey
+	Limiter        *authn.RateLimiter
+	ClusterName    string
 	// PublicAddr is the host:port users reach the gateway on (signup links).
 	PublicAddr string
 	Version    string
@@ -112,6 +119,7 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle(sigilv1connect.NewUserServiceHandler(&userService{s}, opts...))
 	mux.Handle(sigilv1connect.NewTokenServiceHandler(&tokenService{s}, opts...))
 	mux.Handle(sigilv1connect.NewLockServiceHandler(&lockService{s}, opts...))
+	mux.Handle(sigilv1connect.NewAuditServiceHandler(&auditService{s}, opts...))
 	return s.withIdentity(mux)
 }
 
@@ -211,17 +219,17 @@ func (s *Server) emit(ctx context.Context, ev *audit.Event) error {
 	return nil
 }
 
-func auditIdentity(id *certid.Identity) audit.Identity {
+func auditIdentity(id *certid.Identity) *audit.Identity {
 	if id == nil {
-		return audit.Identity{}
+		return &audit.Identity{}
 	}
-	return audit.Identity{
+	return &audit.Identity{
 		User:       id.Name,
 		Kind:       string(id.Kind),
 		Roles:      id.Roles,
 		OnBehalfOf: id.OnBehalfOf,
 		Requests:   id.AccessRequests,
-		MFADevice:  id.MFADevice,
+		MfaDevice:  id.MFADevice,
 		CertSerial: id.Serial,
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/sigilhq/sigil/api/types"
+	"github.com/sigilhq/sigil/audit/export"
 )
 
 // Defaults for the all-in-one daemon.
@@ -39,18 +40,21 @@ type Config struct {
 	Log         LogConfig   `yaml:"log"`
 }
 
+// AuditConfig tunes the audit log.
+type AuditConfig struct {
+	// Retention prunes events older than this (0 keeps everything); the
+	// chain stays verifiable from a signed checkpoint.
+	Retention types.Duration `yaml:"retention"`
+	// Export forwards every event to SIEM sinks (JSON-lines files, webhooks).
+	Export export.Config `yaml:"export"`
+}
+
 // AuthConfig tunes the identity service.
 type AuthConfig struct {
 	// CertTTL is the default login certificate lifetime (roles may shorten it).
 	CertTTL types.Duration `yaml:"cert_ttl"`
 	// SignupTTL is how long signup links work.
 	SignupTTL types.Duration `yaml:"signup_ttl"`
-}
-
-// AuditConfig says where audit events go until the durable store lands.
-type AuditConfig struct {
-	// File is a JSON-lines file (default DATA_DIR/audit/events.jsonl).
-	File string `yaml:"file"`
 }
 
 // LogConfig configures the daemon's own log.
@@ -127,8 +131,11 @@ func (c *Config) CheckAndSetDefaults() error {
 	if c.Auth.SignupTTL == 0 {
 		c.Auth.SignupTTL = types.Duration(time.Hour)
 	}
-	if c.Audit.File == "" {
-		c.Audit.File = filepath.Join(c.DataDir, "audit", "events.jsonl")
+	if c.Audit.Retention < 0 || (c.Audit.Retention > 0 && c.Audit.Retention.Duration() < time.Hour) {
+		return trace.BadParameter("audit.retention: must be at least 1h (or 0 to keep every event)")
+	}
+	if err := c.Audit.Export.CheckAndSetDefaults(); err != nil {
+		return trace.Wrap(err)
 	}
 	switch c.Log.Level {
 	case "", "info", "debug", "warn", "error":
@@ -150,7 +157,7 @@ const SampleConfig = `# sigil.yaml — configuration of the all-in-one sigild da
 # Name of the cluster; it appears in the CA certificates.
 cluster_name: sigil
 
-# Storage (embedded badger), the CA sealing key, audit events and the local
+# Storage (embedded badger), the CA sealing key, the audit log and the local
 # admin identity used by "sigilctl --data-dir". Also $SIGIL_DATA_DIR.
 data_dir: ./sigil-data
 
@@ -173,8 +180,23 @@ auth:
   signup_ttl: 1h
 
 audit:
-  # JSON-lines audit log (until the durable audit store).
-  file: ./sigil-data/audit/events.jsonl
+  # Prune events older than this; the hash chain stays verifiable from a
+  # checkpoint signed by the cluster's audit key. Default: keep everything.
+  # retention: 365d
+  export:
+    # JSON-lines files for a SIEM agent to tail, rotated by size.
+    files: []
+    # - name: siem-file
+    #   path: /var/log/sigil/audit.jsonl
+    #   max_bytes: 104857600   # 100 MiB per file
+    #   max_files: 10
+    # Batched POSTs (application/x-ndjson) with retries; an outage loses
+    # nothing: delivery resumes from the last acknowledged event.
+    webhooks: []
+    # - name: siem
+    #   url: https://siem.example.com/ingest
+    #   headers: {Authorization: "Bearer ..."}
+    #   timeout: 10s
 
 log:
   level: info   # debug | info | warn | error

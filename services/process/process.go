@@ -24,6 +24,7 @@ import (
 	"github.com/sigilhq/sigil/api/client"
 	"github.com/sigilhq/sigil/api/types"
 	"github.com/sigilhq/sigil/audit"
+	auditbadger "github.com/sigilhq/sigil/audit/store/badger"
 	"github.com/sigilhq/sigil/gateway/mux"
 	"github.com/sigilhq/sigil/identity/ca"
 	"github.com/sigilhq/sigil/identity/certid"
@@ -38,8 +39,12 @@ import (
 
 // Paths inside the data dir.
 const (
-	backendDir  = "backend"
-	sealKeyFile = "keys/ca-seal.key"
+	backendDir = "backend"
+	// auditDir holds the audit log's own badger database.
+	auditDir = "audit/log"
+	// pruneInterval is how often retention runs.
+	pruneInterval = time.Hour
+	sealKeyFile   = "keys/ca-seal.key"
 	// AdminIdentityDir holds the local admin identity sigilctl uses.
 	AdminIdentityDir = "admin"
 	// AdminIdentityName is the bot identity of sigilctl on the daemon host.
@@ -57,12 +62,15 @@ type Daemon struct {
 	out       io.Writer
 	backend   storage.Backend
 	authority *ca.Authority
-	emitter   *audit.FileEmitter
-	users     *users.Service
-	api       *apiserver.Server
-	mux       *mux.Mux
-	http      *http.Server
-	addr      net.Addr
+	audit     *auditbadger.Store
+	// stopExport stops the SIEM forwarders.
+	stopExport func()
+	emitter    audit.Emitter
+	users      *users.Service
+	api        *apiserver.Server
+	mux        *mux.Mux
+	http       *http.Server
+	addr       net.Addr
 
 	certMu     sync.Mutex
 	serverCert *tls.Certificate
@@ -101,12 +109,20 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer, ve
 	for _, t := range d.authority.Created() {
 		fmt.Fprintf(out, "Created the %s CA.\n", t)
 	}
-	if err := os.MkdirAll(filepath.Dir(cfg.Audit.File), 0o700); err != nil {
-		return nil, trace.ConvertSystemError(err)
-	}
-	d.emitter, err = audit.NewFileEmitter(audit.FileConfig{Path: cfg.Audit.File})
+	d.audit, err = auditbadger.New(ctx, auditbadger.Config{
+		Dir:    filepath.Join(cfg.DataDir, auditDir),
+		Signer: d.authority.AuditSigner(),
+		Logger: log,
+	})
 	if err != nil {
+		return nil, trace.Wrap(err, "opening the audit log in %s", cfg.DataDir)
+	}
+	d.emitter = audit.NewStoreEmitter(d.audit)
+	if d.stopExport, err = cfg.Audit.Export.Start(ctx, d.audit, cfg.DataDir, log.With("component", "audit-export")); err != nil {
 		return nil, trace.Wrap(err)
+	}
+	if cfg.Audit.Retention > 0 {
+		go d.retentionLoop(ctx, cfg.Audit.Retention.Duration())
 	}
 	store, err := resources.New(d.backend)
 	if err != nil {
@@ -132,16 +148,18 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer, ve
 	}
 
 	d.api, err = apiserver.New(apiserver.Config{
-		Authority:   d.authority,
-		Resources:   store,
-		Users:       d.users,
-		Locks:       lockSvc,
-		Emitter:     d.emitter,
-		ClusterName: cfg.ClusterName,
-		PublicAddr:  publicAddr,
-		Version:     version,
-		DefaultTTL:  cfg.Auth.CertTTL.Duration(),
-		Logger:      log.With("component", "api"),
+		Authority:      d.authority,
+		Resources:      store,
+		Users:          d.users,
+		Locks:          lockSvc,
+		Emitter:        d.emitter,
+		AuditStore:     d.audit,
+		AuditPublicKey: d.authority.AuditPublicKey(),
+		ClusterName:    cfg.ClusterName,
+		PublicAddr:     publicAddr,
+		Version:        version,
+		DefaultTTL:     cfg.Auth.CertTTL.Duration(),
+		Logger:         log.With("component", "api"),
 	})
 	if err != nil {
 		ln.Close()
@@ -222,13 +240,37 @@ func (d *Daemon) Close() error {
 		errs = append(errs, d.http.Shutdown(ctx))
 		cancel()
 	}
-	if d.emitter != nil {
-		errs = append(errs, d.emitter.Close())
+	if d.stopExport != nil {
+		d.stopExport()
+	}
+	// After the servers stopped, so that their last events are stored.
+	if d.audit != nil {
+		errs = append(errs, d.audit.Close())
 	}
 	if d.backend != nil {
 		errs = append(errs, d.backend.Close())
 	}
 	return trace.NewAggregate(errs...)
+}
+
+// retentionLoop prunes events older than retention, now and every hour.
+func (d *Daemon) retentionLoop(ctx context.Context, retention time.Duration) {
+	t := time.NewTicker(pruneInterval)
+	defer t.Stop()
+	for {
+		n, err := d.audit.Prune(ctx, time.Now().Add(-retention))
+		switch {
+		case err != nil && ctx.Err() == nil:
+			d.log.Error("pruning the audit log", "error", err)
+		case n > 0:
+			d.log.Info("pruned old audit events", "events", n, "retention", retention)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // dialAddr turns a listening address into one a local client can dial.

@@ -244,6 +244,22 @@ func (s *Service) Delete(ctx context.Context, name string) error {
 	if err := s.cfg.Backend.Delete(ctx, credentialsPrefix+name); err != nil && !trace.IsNotFound(err) {
 		return trace.Wrap(err)
 	}
+	// Pending signup links die with the user, or a link sent to this user
+	// would claim a later user of the same name. Tokens are keyed by hash,
+	// so scan them; only live (unexpired, unused) ones are listed.
+	items, err := s.cfg.Backend.List(ctx, signupPrefix, 0)
+	if err != nil {
+		return trace.Wrap(err)
+	}
+	for _, item := range items {
+		var st signupToken
+		if err := json.Unmarshal(item.Value, &st); err != nil || st.User != name {
+			continue
+		}
+		if err := s.cfg.Backend.Delete(ctx, item.Key); err != nil && !trace.IsNotFound(err) {
+			return trace.Wrap(err)
+		}
+	}
 	return nil
 }
 

@@ -1,0 +1,697 @@
+package badger
+
+import (
+	"context"
+	"crypto/ed25519"
+	"encoding/binary"
+	"errors"
+	"log/slog"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/dgraph-io/badger/v4/options"
+	"github.com/gravitational/trace"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+
+	sigilv1 "github.com/sigilhq/sigil/api/gen/sigil/v1"
+	"github.com/sigilhq/sigil/audit"
+	"github.com/sigilhq/sigil/audit/store"
+)
+
+const (
+	// DefaultMaxBatchEvents caps one group commit.
+	DefaultMaxBatchEvents = 10000
+	// DefaultMaxBatchBytes caps the encoded events of one group commit.
+	DefaultMaxBatchBytes = 8 << 20
+	// DefaultQueueSize is how many appends may wait for the committer
+	// before Append blocks (back-pressure on emitters).
+	DefaultQueueSize = 32 * 1024
+)
+
+// Field numbers of AuditEvent that the store appends itself; see commit.
+const (
+	fieldSeq      protowire.Number = 14
+	fieldPrevHash protowire.Number = 15
+	fieldHash     protowire.Number = 16
+)
+
+// Config configures New.
+type Config struct {
+	// Dir is the audit database directory (not the state database's).
+	// Required unless InMemory.
+	Dir string
+	// InMemory keeps everything in RAM; for tests.
+	InMemory bool
+	// Signer signs retention checkpoints (the CA's audit key). Required.
+	Signer ed25519.PrivateKey
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// Clock fills the time of events that have none; defaults to time.Now.
+	Clock func() time.Time
+	// MaxBatchEvents and MaxBatchBytes cap one group commit.
+	MaxBatchEvents int
+	MaxBatchBytes  int
+	// QueueSize bounds the appends waiting for the committer.
+	QueueSize int
+}
+
+// CheckAndSetDefaults validates c and fills defaults.
+func (c *Config) CheckAndSetDefaults() error {
+	if c.Dir == "" && !c.InMemory {
+		return trace.BadParameter("audit store: Dir is required unless InMemory is set")
+	}
+	if c.Dir != "" && c.InMemory {
+		return trace.BadParameter("audit store: Dir and InMemory are mutually exclusive")
+	}
+	if len(c.Signer) != ed25519.PrivateKeySize {
+		return trace.BadParameter("audit store: Signer must be an Ed25519 private key")
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Clock == nil {
+		c.Clock = time.Now
+	}
+	if c.MaxBatchEvents <= 0 {
+		c.MaxBatchEvents = DefaultMaxBatchEvents
+	}
+	if c.MaxBatchBytes <= 0 {
+		c.MaxBatchBytes = DefaultMaxBatchBytes
+	}
+	if c.QueueSize <= 0 {
+		c.QueueSize = DefaultQueueSize
+	}
+	return nil
+}
+
+// pending is one queued Append, or (ev == nil) a Flush marker.
+type pending struct {
+	// pre is the deterministic encoding of the event without seq,
+	// prev_hash and hash; nil for a Flush marker.
+	pre []byte
+	// idx holds the indexed fields, copied so the caller may reuse its event.
+	idx indexFields
+	// done receives the commit result; nil for a non-durable append.
+	done chan error
+}
+
+// Store is the badger store.Store.
+type Store struct {
+	cfg Config
+	log *slog.Logger
+	db  *badger.DB
+
+	// closeMu guards closed and sends on queue: Close takes it for writing,
+	// so no Append can enqueue after the committer was told to stop.
+	closeMu sync.RWMutex
+	closed  bool
+	queue   chan *pending
+	stop    chan struct{}
+	wg      sync.WaitGroup
+
+	// failed holds the error that broke the store; Append refuses at once.
+	failed atomic.Pointer[error]
+
+	// Owned by the committer goroutine after New.
+	lastSeq  uint64
+	lastHash string
+
+	durable    atomic.Uint64
+	checkpoint atomic.Pointer[sigilv1.AuditCheckpoint]
+	pruneMu    sync.Mutex
+
+	notifyMu sync.Mutex
+	notify   map[chan uint64]struct{}
+
+	// synced carries written batches from the committer to the syncer.
+	synced chan written
+	syncWG sync.WaitGroup
+
+	// syncHook replaces DB.Sync in tests that simulate a disk failure.
+	syncHook func() error
+}
+
+var _ store.Store = (*Store)(nil)
+
+// New opens (or creates) the audit store and recovers the chain head.
+func New(ctx context.Context, cfg Config) (*Store, error) {
+	if err := cfg.CheckAndSetDefaults(); err != nil {
+		return nil, trace.Wrap(err)
+	}
+	log := cfg.Logger.With("component", "audit/store/badger")
+	db, err := badger.Open(badgerOptions(cfg, log))
+	if err != nil {
+		return nil, trace.Wrap(err, "opening audit database at %q", cfg.Dir)
+	}
+	s := &Store{
+		cfg:    cfg,
+		log:    log,
+		db:     db,
+		queue:  make(chan *pending, cfg.QueueSize),
+		stop:   make(chan struct{}),
+		notify: make(map[chan uint64]struct{}),
+		synced: make(chan written, 4),
+	}
+	if err := s.recover(); err != nil {
+		return nil, trace.NewAggregate(err, db.Close())
+	}
+	s.durable.Store(s.lastSeq)
+	s.wg.Add(1)
+	go s.run()
+	s.syncWG.Add(1)
+	go s.syncLoop()
+	log.DebugContext(ctx, "Opened audit store.", "last_seq", s.lastSeq)
+	return s, nil
+}
+
+// badgerOptions sizes badger like the state store (small memtables and
+// caches) but without conflict detection: there is a single writer.
+func badgerOptions(cfg Config, log *slog.Logger) badger.Options {
+	opts := badger.DefaultOptions(cfg.Dir).
+		WithInMemory(cfg.InMemory).
+		WithLogger(badgerLogger{log: log}).
+		WithSyncWrites(false).
+		WithDetectConflicts(false).
+		WithMetricsEnabled(false).
+		WithNumGoroutines(2).
+		WithNumCompactors(2).
+		WithNumMemtables(3).
+		WithNumLevelZeroTables(4).
+		WithNumLevelZeroTablesStall(12).
+		WithBlockCacheSize(16 << 20).
+		WithValueThreshold(64 << 10).
+		WithValueLogFileSize(64 << 20).
+		WithMemTableSize(64 << 20).
+		WithCompression(options.None)
+	if cfg.InMemory {
+		// In memory a value may not exceed the value threshold, and one
+		// transaction at most 15% of the memtable: both must hold a
+		// MaxEventBytes event.
+		opts = opts.WithValueThreshold(1 << 20)
+	}
+	return opts
+}
+
+// Key layout. Sequence numbers and times are big-endian so that byte order
+// is numeric order; times are offset by 2^63 so that pre-1970 sorts first.
+var (
+	eventPrefix   = []byte("e/")
+	timePrefix    = []byte("t/")
+	checkpointKey = []byte("c/checkpoint")
+)
+
+// Index prefixes, in the order Search prefers them (most selective first).
+const (
+	idxSession  = "i/s/"
+	idxUser     = "i/u/"
+	idxResource = "i/r/"
+	idxType     = "i/y/"
+	idxKind     = "i/k/"
+)
+
+func eventKey(seq uint64) []byte {
+	return binary.BigEndian.AppendUint64(append([]byte(nil), eventPrefix...), seq)
+}
+
+func orderedNanos(t time.Time) uint64 { return uint64(t.UnixNano()) ^ (1 << 63) }
+
+// position is the (time, seq) suffix every index key ends with.
+func appendPosition(b []byte, nanos, seq uint64) []byte {
+	b = binary.BigEndian.AppendUint64(b, nanos)
+	return binary.BigEndian.AppendUint64(b, seq)
+}
+
+func valuePrefix(idx, value string) []byte {
+	b := make([]byte, 0, len(idx)+len(value)+1+16)
+	b = append(b, idx...)
+	b = append(b, value...)
+	// NUL ends the value so that "ann" does not prefix "anna"; a value
+	// containing NUL may produce false candidates, which Search's filter
+	// drops.
+	return append(b, 0)
+}
+
+// indexFields are the values an event is indexed by.
+type indexFields struct {
+	nanos                              uint64
+	session, user, resource, typ, kind string
+}
+
+func indexFieldsOf(ev *sigilv1.AuditEvent) indexFields {
+	return indexFields{
+		nanos:    orderedNanos(ev.GetTime().AsTime()),
+		session:  ev.SessionId,
+		user:     ev.GetIdentity().GetUser(),
+		resource: ev.GetResource().GetName(),
+		typ:      ev.Type,
+		kind:     ev.GetIdentity().GetKind(),
+	}
+}
+
+// indexKeys lists every index entry of an event.
+func indexKeys(f indexFields, seq uint64) [][]byte {
+	keys := [][]byte{appendPosition(append([]byte(nil), timePrefix...), f.nanos, seq)}
+	add := func(idx, value string) {
+		if value != "" {
+			keys = append(keys, appendPosition(valuePrefix(idx, value), f.nanos, seq))
+		}
+	}
+	add(idxSession, f.session)
+	add(idxUser, f.user)
+	add(idxResource, f.resource)
+	add(idxType, f.typ)
+	add(idxKind, f.kind)
+	return keys
+}
+
+func (s *Store) recover() error {
+	err := s.db.View(func(txn *badger.Txn) error {
+		cp, err := loadCheckpoint(txn)
+		if err != nil {
+			return trace.Wrap(err)
+		}
+		if cp != nil {
+			s.checkpoint.Store(cp)
+			s.lastSeq, s.lastHash = cp.Seq, cp.Hash
+		}
+		it := txn.NewIterator(badger.IteratorOptions{Reverse: true, Prefix: eventPrefix})
+		defer it.Close()
+		it.Seek(eventKey(^uint64(0)))
+		if !it.Valid() {
+			return nil
+		}
+		ev, err := decodeItem(it.Item())
+		if err != nil {
+			return trace.Wrap(err)
+		}
+		if ev.Hash == "" {
+			return trace.BadParameter("newest audit event %d has no hash", ev.Seq)
+		}
+		s.lastSeq, s.lastHash = ev.Seq, ev.Hash
+		return nil
+	})
+	return trace.Wrap(err, "recovering the audit chain head")
+}
+
+func loadCheckpoint(txn *badger.Txn) (*sigilv1.AuditCheckpoint, error) {
+	item, err := txn.Get(checkpointKey)
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, trace.Wrap(err)
+	}
+	cp := &sigilv1.AuditCheckpoint{}
+	err = item.Value(func(v []byte) error { return proto.Unmarshal(v, cp) })
+	if err != nil {
+		return nil, trace.BadParameter("malformed audit checkpoint: %v", err)
+	}
+	return cp, nil
+}
+
+func decodeItem(item *badger.Item) (*sigilv1.AuditEvent, error) {
+	ev := &sigilv1.AuditEvent{}
+	err := item.Value(func(v []byte) error { return proto.Unmarshal(v, ev) })
+	if err != nil {
+		key := item.Key()
+		seq := uint64(0)
+		if len(key) == len(eventPrefix)+8 {
+			seq = binary.BigEndian.Uint64(key[len(eventPrefix):])
+		}
+		return nil, trace.BadParameter("event %d: stored encoding is corrupt: %v", seq, err)
+	}
+	return ev, nil
+}
+
+// Append implements store.Store. The store keeps its own copy of ev, so the
+// caller may reuse ev at once; ev's seq and hashes are not filled in.
+//
+// If ctx ends while a durable Append waits for its commit, Append returns
+// the context error but the event may still be stored: it was already
+// queued. Failing closed on that error is still safe.
+func (s *Store) Append(ctx context.Context, ev *sigilv1.AuditEvent, durable bool) error {
+	if err := ctx.Err(); err != nil {
+		return trace.Wrap(err)
+	}
+	if err := s.failure(); err != nil {
+		return err
+	}
+	if ev == nil {
+		return trace.BadParameter("audit event is nil")
+	}
+	own := ev
+	if needsCopy(ev) {
+		own = audit.Clone(ev)
+		if err := audit.SetDefaults(own, s.cfg.Clock()); err != nil {
+			return trace.Wrap(err)
+		}
+		own.Seq, own.PrevHash, own.Hash = 0, "", ""
+		// The store appends seq and the hashes to the encoding itself,
+		// which matches the canonical encoding only if they are the last
+		// fields: drop unknown fields, which proto encodes after them.
+		own.ProtoReflect().SetUnknown(nil)
+		for _, m := range []proto.Message{own.Identity, own.Resource, own.Time} {
+			if m != nil && m.ProtoReflect().IsValid() {
+				m.ProtoReflect().SetUnknown(nil)
+			}
+		}
+	}
+	pre, err := proto.MarshalOptions{Deterministic: true}.Marshal(own)
+	if err != nil {
+		return trace.Wrap(err, "encoding audit event")
+	}
+	// Leave room for seq and the two hashes.
+	if len(pre)+200 > audit.MaxEventBytes {
+		return trace.LimitExceeded("audit event %s is %d bytes, over the %d byte limit", own.Id, len(pre), audit.MaxEventBytes)
+	}
+	p := &pending{pre: pre, idx: indexFieldsOf(own)}
+	if durable {
+		p.done = make(chan error, 1)
+	}
+	if err := s.enqueue(ctx, p); err != nil {
+		return trace.Wrap(err)
+	}
+	if !durable {
+		return nil
+	}
+	select {
+	case err := <-p.done:
+		return trace.Wrap(err)
+	case <-ctx.Done():
+		return trace.Wrap(ctx.Err(), "waiting for audit event %s to be stored", own.Id)
+	}
+}
+
+// needsCopy reports whether ev must be copied before encoding: it lacks
+// defaults, carries chain fields a caller may not choose, or has unknown
+// fields. Events from audit.StoreEmitter (already a private copy with
+// defaults) take the fast path and are only read, never modified.
+func needsCopy(ev *sigilv1.AuditEvent) bool {
+	if ev.Id == "" || ev.Type == "" || ev.Time == nil || ev.Seq != 0 || ev.PrevHash != "" || ev.Hash != "" {
+		return true
+	}
+	if len(ev.ProtoReflect().GetUnknown()) > 0 || len(ev.Time.ProtoReflect().GetUnknown()) > 0 {
+		return true
+	}
+	if ev.Identity != nil && len(ev.Identity.ProtoReflect().GetUnknown()) > 0 {
+		return true
+	}
+	return ev.Resource != nil && len(ev.Resource.ProtoReflect().GetUnknown()) > 0
+}
+
+func (s *Store) failure() error {
+	if errp := s.failed.Load(); errp != nil {
+		return trace.ConnectionProblem(*errp, "audit store failed earlier and refuses writes: %v", *errp)
+	}
+	return nil
+}
+
+func (s *Store) enqueue(ctx context.Context, p *pending) error {
+	s.closeMu.RLock()
+	defer s.closeMu.RUnlock()
+	if s.closed {
+		return trace.ConnectionProblem(nil, "audit store is closed")
+	}
+	select {
+	case s.queue <- p:
+		return nil
+	case <-ctx.Done():
+		return trace.Wrap(ctx.Err())
+	}
+}
+
+// Flush implements store.Store.
+func (s *Store) Flush(ctx context.Context) error {
+	if err := s.failure(); err != nil {
+		return err
+	}
+	p := &pending{done: make(chan error, 1)}
+	if err := s.enqueue(ctx, p); err != nil {
+		return trace.Wrap(err)
+	}
+	select {
+	case err := <-p.done:
+		return trace.Wrap(err)
+	case <-ctx.Done():
+		return trace.Wrap(ctx.Err())
+	}
+}
+
+// run is the committer: it gathers whatever is queued into one batch and
+// commits it with a single sync.
+func (s *Store) run() {
+	defer s.wg.Done()
+	defer close(s.synced)
+	batch := make([]*pending, 0, 256)
+	for {
+		select {
+		case p := <-s.queue:
+			batch = s.gather(append(batch[:0], p))
+			s.commit(batch)
+		case <-s.stop:
+			// Close let no appender in after closing stop: commit the rest.
+			for {
+				batch = s.gather(batch[:0])
+				if len(batch) == 0 {
+					return
+				}
+				s.commit(batch)
+			}
+		}
+	}
+}
+
+// gather adds queued appends to batch, without waiting, up to the caps.
+func (s *Store) gather(batch []*pending) []*pending {
+	bytes := 0
+	for _, p := range batch {
+		bytes += len(p.pre)
+	}
+	for len(batch) < s.cfg.MaxBatchEvents && bytes < s.cfg.MaxBatchBytes {
+		select {
+		case p := <-s.queue:
+			batch = append(batch, p)
+			bytes += len(p.pre)
+		default:
+			return batch
+		}
+	}
+	return batch
+}
+
+// written is a batch stored but not yet synced.
+type written struct {
+	batch   []*pending
+	lastSeq uint64
+	err     error
+}
+
+// commit writes batch and hands it to the syncer, so that the next batch
+// is written while this one's sync runs.
+func (s *Store) commit(batch []*pending) {
+	err := s.failure()
+	if err == nil {
+		if err = s.write(batch); err != nil {
+			s.fail(err)
+		}
+	}
+	s.synced <- written{batch: slices.Clone(batch), lastSeq: s.lastSeq, err: err}
+}
+
+func (s *Store) fail(err error) {
+	if s.failed.CompareAndSwap(nil, &err) {
+		s.log.Error("Audit store write failed; refusing further events.", "error", err)
+	}
+}
+
+// syncLoop makes written batches durable: one sync covers every batch
+// written before it, then all their waiters are acked.
+func (s *Store) syncLoop() {
+	defer s.syncWG.Done()
+	for w := range s.synced {
+		group := []written{w}
+	more:
+		for {
+			select {
+			case w, ok := <-s.synced:
+				if !ok {
+					break more
+				}
+				group = append(group, w)
+			default:
+				break more
+			}
+		}
+		err := s.failure()
+		if err == nil {
+			sync := s.db.Sync
+			if s.syncHook != nil {
+				sync = s.syncHook
+			}
+			if err = sync(); err != nil {
+				err = trace.Wrap(err, "syncing audit batch")
+				s.fail(err)
+			}
+		}
+		// Publish the durable head before acking, so that a caller whose
+		// Append or Flush returned sees it in LastSeq, Range and Search.
+		last := uint64(0)
+		for _, w := range group {
+			if w.err == nil && err == nil {
+				last = max(last, w.lastSeq)
+			}
+		}
+		if last > 0 {
+			s.durable.Store(last)
+		}
+		for _, w := range group {
+			werr := w.err
+			if werr == nil {
+				werr = err
+			}
+			for _, p := range w.batch {
+				if p.done != nil {
+					p.done <- werr
+				}
+			}
+		}
+		if last > 0 {
+			s.broadcast(last)
+		}
+	}
+}
+
+// write assigns seq and hashes in order and stores the batch durably. The
+// chain head only advances when everything succeeded.
+func (s *Store) write(batch []*pending) error {
+	seq, prev := s.lastSeq, s.lastHash
+	wb := s.db.NewWriteBatch()
+	defer wb.Cancel()
+	for _, p := range batch {
+		if p.pre == nil {
+			continue
+		}
+		seq++
+		// The deterministic encoding orders fields by number and seq,
+		// prev_hash and hash are the last three, so appending them to the
+		// encoding of the rest yields exactly the canonical encoding
+		// (audit.CanonicalEncoding) and then the full stored encoding.
+		canon := make([]byte, len(p.pre), len(p.pre)+2*64+24)
+		copy(canon, p.pre)
+		canon = protowire.AppendTag(canon, fieldSeq, protowire.VarintType)
+		canon = protowire.AppendVarint(canon, seq)
+		hash, err := audit.ChainHash(canon, prev)
+		if err != nil {
+			return trace.Wrap(err)
+		}
+		full := canon
+		if prev != "" {
+			full = protowire.AppendTag(full, fieldPrevHash, protowire.BytesType)
+			full = protowire.AppendString(full, prev)
+		}
+		full = protowire.AppendTag(full, fieldHash, protowire.BytesType)
+		full = protowire.AppendString(full, hash)
+		if err := wb.Set(eventKey(seq), full); err != nil {
+			return trace.Wrap(err, "writing audit event %d", seq)
+		}
+		for _, k := range indexKeys(p.idx, seq) {
+			if err := wb.Set(k, nil); err != nil {
+				return trace.Wrap(err, "indexing audit event %d", seq)
+			}
+		}
+		prev = hash
+	}
+	if err := wb.Flush(); err != nil {
+		return trace.Wrap(err, "writing audit batch")
+	}
+	s.lastSeq, s.lastHash = seq, prev
+	return nil
+}
+
+// LastSeq implements store.Store.
+func (s *Store) LastSeq() uint64 { return s.durable.Load() }
+
+// Notify implements store.Store.
+func (s *Store) Notify(ctx context.Context) <-chan uint64 {
+	ch := make(chan uint64, 1)
+	s.closeMu.RLock()
+	closed := s.closed
+	s.closeMu.RUnlock()
+	if closed {
+		close(ch)
+		return ch
+	}
+	s.notifyMu.Lock()
+	s.notify[ch] = struct{}{}
+	s.notifyMu.Unlock()
+	go func() {
+		select {
+		case <-ctx.Done():
+		case <-s.stop:
+		}
+		s.notifyMu.Lock()
+		if _, ok := s.notify[ch]; ok {
+			delete(s.notify, ch)
+			close(ch)
+		}
+		s.notifyMu.Unlock()
+	}()
+	return ch
+}
+
+// broadcast replaces any unread value with seq so a slow subscriber sees
+// the newest head without holding up the committer.
+func (s *Store) broadcast(seq uint64) {
+	s.notifyMu.Lock()
+	defer s.notifyMu.Unlock()
+	for ch := range s.notify {
+		select {
+		case <-ch:
+		default:
+		}
+		select {
+		case ch <- seq:
+		default:
+		}
+	}
+}
+
+// Close implements store.Store: queued events are committed first.
+func (s *Store) Close() error {
+	s.closeMu.Lock()
+	if s.closed {
+		s.closeMu.Unlock()
+		return nil
+	}
+	s.closed = true
+	close(s.stop)
+	s.closeMu.Unlock()
+	s.wg.Wait()
+	s.syncWG.Wait()
+
+	s.notifyMu.Lock()
+	for ch := range s.notify {
+		delete(s.notify, ch)
+		close(ch)
+	}
+	s.notifyMu.Unlock()
+	return trace.Wrap(s.db.Close())
+}
+
+// enter marks the start of a read; the returned func ends it. Close waits
+// for reads in flight before closing the database.
+func (s *Store) enter(ctx context.Context) (func(), error) {
+	if err := ctx.Err(); err != nil {
+		return nil, trace.Wrap(err)
+	}
+	s.closeMu.RLock()
+	if s.closed {
+		s.closeMu.RUnlock()
+		return nil, trace.ConnectionProblem(nil, "audit store is closed")
+	}
+	return s.closeMu.RUnlock, nil
+}

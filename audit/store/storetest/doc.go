@@ -1,0 +1,3 @@
+// Package storetest is the conformance suite every audit store.Store
+// implementation must pass (badger today, PostgreSQL later).
+package storetest
