@@ -57,6 +57,7 @@ type Client struct {
 	Tokens    sigilv1connect.TokenServiceClient
 	Locks     sigilv1connect.LockServiceClient
 	Audit     sigilv1connect.AuditServiceClient
+	Databases sigilv1connect.DatabaseServiceClient
 
 	// HTTPClient is exposed so callers can close idle connections.
 	HTTPClient *http.Client
@@ -96,6 +97,7 @@ func New(cfg Config) (*Client, error) {
 		Tokens:     sigilv1connect.NewTokenServiceClient(httpClient, baseURL),
 		Locks:      sigilv1connect.NewLockServiceClient(httpClient, baseURL),
 		Audit:      sigilv1connect.NewAuditServiceClient(httpClient, baseURL),
+		Databases:  sigilv1connect.NewDatabaseServiceClient(httpClient, baseURL),
 		HTTPClient: httpClient,
 		BaseURL:    baseURL,
 	}, nil

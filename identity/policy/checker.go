@@ -437,3 +437,56 @@ func (c *AccessChecker) CheckReviewRole(role string) error {
 	}
 	return trace.AccessDenied("review of role %q denied: no role allows reviewing it (roles: %s)", role, c.roleList())
 }
+
+// DatabaseAccess says whether any role lets the identity see db at all
+// (labels allow and no deny covers the whole database), and with which
+// (expanded) db users and db names, for listings. Connecting still goes
+// through CheckDatabase.
+func (c *AccessChecker) DatabaseAccess(db *types.Database) (visible bool, dbUsers, dbNames []string, err error) {
+	if db == nil {
+		return false, nil, nil, trace.BadParameter("missing database")
+	}
+	for _, r := range c.roles {
+		d := r.role.Spec.Deny.Databases
+		if d == nil || len(d.DBUsers) > 0 || len(d.DBNames) > 0 {
+			continue
+		}
+		ok, err := denyLabelsMatch(d.Labels, db.Metadata.Labels)
+		if err != nil {
+			return false, nil, nil, trace.BadParameter("role %q: spec.deny.databases.labels: %v", r.role.Metadata.Name, err)
+		}
+		if ok {
+			return false, nil, nil, nil
+		}
+	}
+	seenU, seenN := map[string]bool{}, map[string]bool{}
+	for _, r := range c.roles {
+		d := r.role.Spec.Allow.Databases
+		if d == nil {
+			continue
+		}
+		ok, err := MatchLabels(d.Labels, db.Metadata.Labels)
+		if err != nil {
+			return false, nil, nil, trace.BadParameter("role %q: spec.allow.databases.labels: %v", r.role.Metadata.Name, err)
+		}
+		if !ok {
+			continue
+		}
+		visible = true
+		for _, u := range r.allowDBUsers {
+			if !seenU[u] {
+				seenU[u] = true
+				dbUsers = append(dbUsers, u)
+			}
+		}
+		for _, n := range r.allowDBNames {
+			if !seenN[n] {
+				seenN[n] = true
+				dbNames = append(dbNames, n)
+			}
+		}
+	}
+	sort.Strings(dbUsers)
+	sort.Strings(dbNames)
+	return visible, dbUsers, dbNames, nil
+}

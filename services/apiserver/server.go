@@ -21,6 +21,7 @@ import (
 	"github.com/sigilhq/sigil/identity/policy"
 	"github.com/sigilhq/sigil/services/locks"
 	"github.com/sigilhq/sigil/services/resources"
+	"github.com/sigilhq/sigil/services/roles"
 	"github.com/sigilhq/sigil/services/users"
 )
 
@@ -120,6 +121,7 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle(sigilv1connect.NewTokenServiceHandler(&tokenService{s}, opts...))
 	mux.Handle(sigilv1connect.NewLockServiceHandler(&lockService{s}, opts...))
 	mux.Handle(sigilv1connect.NewAuditServiceHandler(&auditService{s}, opts...))
+	mux.Handle(sigilv1connect.NewDatabaseServiceHandler(&databaseService{s}, opts...))
 	return s.withIdentity(mux)
 }
 
@@ -163,34 +165,11 @@ func (s *Server) caller(ctx context.Context) (*certid.Identity, error) {
 
 // roles loads role resources by name (built-in ones included).
 func (s *Server) roles(ctx context.Context, names []string) ([]*types.Role, error) {
-	builtin := map[string]*types.Role{}
-	for _, r := range types.BuiltinRoles() {
-		builtin[r.Metadata.Name] = r
-	}
-	out := make([]*types.Role, 0, len(names))
-	for _, name := range names {
-		if r, ok := builtin[name]; ok {
-			out = append(out, r)
-			continue
-		}
-		r, err := resources.Get[*types.Role](ctx, s.cfg.Resources, types.KindRole, name)
-		if trace.IsNotFound(err) {
-			return nil, trace.NotFound("role %q does not exist", name)
-		}
-		if err != nil {
-			return nil, trace.Wrap(err)
-		}
-		out = append(out, r)
-	}
-	return out, nil
+	return roles.Get(ctx, s.cfg.Resources, names)
 }
 
 func (s *Server) checker(ctx context.Context, id *certid.Identity) (*policy.AccessChecker, error) {
-	roles, err := s.roles(ctx, id.Roles)
-	if err != nil {
-		return nil, trace.Wrap(err)
-	}
-	return policy.NewAccessChecker(roles, id.Traits)
+	return roles.Checker(ctx, s.cfg.Resources, id.Roles, id.Traits, string(id.Kind))
 }
 
 // authorize authenticates the caller and checks one admin verb on a kind.

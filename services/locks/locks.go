@@ -93,3 +93,37 @@ func (s *Service) Check(ctx context.Context, name string, kind string, roles []s
 	}
 	return nil
 }
+
+// Changes returns a channel that receives a value (coalesced, never
+// blocking the store) whenever a lock is created, changed or removed,
+// until ctx ends. Live sessions re-check their identity on each one.
+func (s *Service) Changes(ctx context.Context) <-chan struct{} {
+	out := make(chan struct{}, 1)
+	notify := func() {
+		select {
+		case out <- struct{}{}:
+		default:
+		}
+	}
+	go func() {
+		defer close(out)
+		backoff := 100 * time.Millisecond
+		for ctx.Err() == nil {
+			events, err := s.store.Backend().Watch(ctx, resources.KindPrefix(types.KindLock))
+			if err != nil {
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(backoff):
+				}
+				continue
+			}
+			// The watch may have missed changes while (re)subscribing.
+			notify()
+			for range events {
+				notify()
+			}
+		}
+	}()
+	return out
+}

@@ -354,7 +354,7 @@ func (e *env) authCommand() *cobra.Command {
 	}
 	export.Flags().StringVar(&caType, "type", "", "tls-ca, user-ca, db-ca, ssh-user-ca or ssh-host-ca (required)")
 	_ = export.MarkFlagRequired("type")
-	auth.AddCommand(export)
+	auth.AddCommand(export, e.authSignCommand())
 	return auth
 }
 

@@ -67,7 +67,7 @@ uses your current "sigil login" profile, which must hold an admin role.`,
 	root.AddCommand(
 		e.resourceCommands()...,
 	)
-	root.AddCommand(e.usersCommand(), e.tokensCommand(), e.authCommand(), e.auditCommand(), e.statusCommand(), e.versionCommand())
+	root.AddCommand(e.usersCommand(), e.tokensCommand(), e.authCommand(), e.auditCommand(), e.dbCommand(), e.statusCommand(), e.versionCommand())
 	root.AddCommand(e.lockCommands()...)
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintf(stderr, "ERROR: %s\n", cli.Message(err))
