@@ -441,3 +441,45 @@ func TestNewAccessCheckerErrors(t *testing.T) {
 		t.Errorf("Roles = %s", got)
 	}
 }
+
+func TestDatabaseAccess(t *testing.T) {
+	dev := &types.Database{Metadata: types.Metadata{Name: "pg1", Labels: map[string]string{"env": "dev"}}}
+	prod := &types.Database{Metadata: types.Metadata{Name: "pg2", Labels: map[string]string{"env": "prod"}}}
+	reader := mustRole(t, "reader", types.RoleSpec{Allow: types.RoleConditions{Databases: &types.DatabaseConditions{
+		Labels: types.Labels{"env": {"dev", "prod"}}, DBUsers: []string{"{{internal.db_users}}", "reader"}, DBNames: []string{"app"},
+	}}})
+	noProd := mustRole(t, "no-prod", types.RoleSpec{Deny: types.RoleConditions{Databases: &types.DatabaseConditions{
+		Labels: types.Labels{"env": {"prod"}},
+	}}})
+	denyUser := mustRole(t, "deny-root", types.RoleSpec{Deny: types.RoleConditions{Databases: &types.DatabaseConditions{
+		Labels: types.Labels{"env": {"dev"}}, DBUsers: []string{"root"},
+	}}})
+	traits := map[string][]string{"db_users": {"alice"}}
+	for _, tc := range []struct {
+		name        string
+		roles       []*types.Role
+		db          *types.Database
+		visible     bool
+		users, dbns string
+	}{
+		{"labels allow, traits expanded", []*types.Role{reader}, dev, true, "alice,reader", "app"},
+		{"full deny hides", []*types.Role{reader, noProd}, prod, false, "", ""},
+		{"other db stays visible", []*types.Role{reader, noProd}, dev, true, "alice,reader", "app"},
+		{"user-level deny does not hide the database", []*types.Role{reader, denyUser}, dev, true, "alice,reader", "app"},
+		{"no allowing role", []*types.Role{noProd}, dev, false, "", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := NewAccessChecker(tc.roles, traits)
+			if err != nil {
+				t.Fatal(err)
+			}
+			visible, users, names, err := c.DatabaseAccess(tc.db)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if visible != tc.visible || strings.Join(users, ",") != tc.users || strings.Join(names, ",") != tc.dbns {
+				t.Fatalf("DatabaseAccess = %v %v %v, want %v %q %q", visible, users, names, tc.visible, tc.users, tc.dbns)
+			}
+		})
+	}
+}
