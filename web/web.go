@@ -18,7 +18,7 @@ var templateFS embed.FS
 // Signups is what the signup page needs from the users service.
 type Signups interface {
 	SignupUser(ctx context.Context, token string) (string, error)
-	Signup(ctx context.Context, token string, password []byte) (string, error)
+	Signup(ctx context.Context, token string, password []byte, clientAddr string) (string, error)
 }
 
 // Config configures the web handler.
@@ -136,7 +136,7 @@ func (h *Handler) postSignup(w http.ResponseWriter, r *http.Request) {
 		h.render(w, http.StatusBadRequest, signupPage{User: user, Error: "the passwords do not match"})
 		return
 	}
-	if _, err := h.cfg.Signups.Signup(r.Context(), token, []byte(pw)); err != nil {
+	if _, err := h.cfg.Signups.Signup(r.Context(), token, []byte(pw), r.RemoteAddr); err != nil {
 		status := statusFor(err)
 		h.render(w, status, signupPage{User: user, Error: strings.TrimSpace(trace.UserMessage(err)), Fatal: trace.IsNotFound(err)})
 		return

@@ -39,18 +39,10 @@ func (a *authService) Signup(ctx context.Context, req *connect.Request[sigilv1.S
 	if err := a.s.cfg.Limiter.Allow("", peerAddr(req.Peer().Addr)); err != nil {
 		return nil, trace.Wrap(err)
 	}
-	name, err := a.s.cfg.Users.Signup(ctx, req.Msg.Token, []byte(req.Msg.Password))
+	name, err := a.s.cfg.Users.Signup(ctx, req.Msg.Token, []byte(req.Msg.Password), req.Peer().Addr)
 	if err != nil {
 		return nil, trace.Wrap(err)
 	}
-	_ = a.s.emit(ctx, &audit.Event{
-		Type:       audit.EventResourceChanged,
-		Identity:   &audit.Identity{User: name, Kind: string(certid.KindHuman)},
-		Resource:   &audit.Resource{Kind: "user", Name: name},
-		ClientAddr: req.Peer().Addr,
-		Success:    true,
-		Details:    map[string]string{"action": "signup"},
-	})
 	return connect.NewResponse(&sigilv1.SignupResponse{User: name}), nil
 }
 

@@ -128,7 +128,7 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer, ve
 	if err != nil {
 		return nil, trace.Wrap(err)
 	}
-	d.users, err = users.New(users.Config{Backend: d.backend, Resources: store, SignupTTL: cfg.Auth.SignupTTL.Duration(), Logger: log})
+	d.users, err = users.New(users.Config{Backend: d.backend, Resources: store, SignupTTL: cfg.Auth.SignupTTL.Duration(), Emitter: d.emitter, Logger: log})
 	if err != nil {
 		return nil, trace.Wrap(err)
 	}

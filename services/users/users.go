@@ -11,6 +11,7 @@ import (
 	"github.com/gravitational/trace"
 
 	"github.com/sigilhq/sigil/api/types"
+	"github.com/sigilhq/sigil/audit"
 	"github.com/sigilhq/sigil/identity/authn"
 	"github.com/sigilhq/sigil/services/resources"
 	"github.com/sigilhq/sigil/services/storage"
@@ -30,6 +31,8 @@ type Config struct {
 	// PasswordParams are the argon2id parameters for new hashes.
 	PasswordParams authn.Params
 	SignupTTL      time.Duration
+	// Emitter records completed signups (web and API alike).
+	Emitter audit.Emitter
 	Clock          func() time.Time
 	Logger         *slog.Logger
 }
@@ -50,6 +53,9 @@ func (c *Config) CheckAndSetDefaults() error {
 	}
 	if c.Clock == nil {
 		c.Clock = time.Now
+	}
+	if c.Emitter == nil {
+		c.Emitter = audit.DiscardEmitter{}
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -158,7 +164,7 @@ func (s *Service) SignupUser(ctx context.Context, token string) (string, error) 
 
 // Signup completes a signup token: checks the password policy, stores the
 // hash and consumes the token. On any error nothing is written.
-func (s *Service) Signup(ctx context.Context, token string, password []byte) (string, error) {
+func (s *Service) Signup(ctx context.Context, token string, password []byte, clientAddr string) (string, error) {
 	name, err := s.SignupUser(ctx, token)
 	if err != nil {
 		return "", trace.Wrap(err)
@@ -182,6 +188,16 @@ func (s *Service) Signup(ctx context.Context, token string, password []byte) (st
 	}
 	if err := s.putCredentials(ctx, name, credentials{PasswordHash: hash, UpdatedAt: s.cfg.Clock().UTC()}); err != nil {
 		return "", trace.Wrap(err)
+	}
+	if err := s.cfg.Emitter.Emit(ctx, &audit.Event{
+		Type:       audit.EventResourceChanged,
+		Identity:   &audit.Identity{User: name, Kind: types.IdentityKindHuman},
+		Resource:   &audit.Resource{Kind: types.KindUser, Name: name},
+		ClientAddr: clientAddr,
+		Success:    true,
+		Details:    map[string]string{"action": "signup"},
+	}); err != nil {
+		s.cfg.Logger.ErrorContext(ctx, "recording a signup in the audit log failed", "user", name, "error", err)
 	}
 	return name, nil
 }

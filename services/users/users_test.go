@@ -101,7 +101,7 @@ func TestSignupConsumesToken(t *testing.T) {
 	if name != "alice" {
 		t.Fatalf("token belongs to %q", name)
 	}
-	name, err = svc.Signup(ctx, token, []byte(password))
+	name, err = svc.Signup(ctx, token, []byte(password), "127.0.0.1")
 	must(t, err)
 	if name != "alice" {
 		t.Fatalf("signed up %q", name)
@@ -117,7 +117,7 @@ func TestSignupConsumesToken(t *testing.T) {
 		t.Fatalf("authenticated %q", u.Metadata.Name)
 	}
 
-	_, err = svc.Signup(ctx, token, []byte("another long password"))
+	_, err = svc.Signup(ctx, token, []byte("another long password"), "127.0.0.1")
 	requireErr(t, err, trace.IsNotFound, "invalid, already used or expired")
 	// The second attempt changed nothing.
 	_, err = svc.Authenticate(ctx, "alice", []byte("another long password"), "")
@@ -138,15 +138,15 @@ func TestSignupRefusals(t *testing.T) {
 	ctx := context.Background()
 	token := addUser(t, svc, "alice")
 
-	_, err := svc.Signup(ctx, token, []byte("short"))
+	_, err := svc.Signup(ctx, token, []byte("short"), "127.0.0.1")
 	requireErr(t, err, trace.IsBadParameter, "password is too short")
-	_, err = svc.Signup(ctx, "", []byte(password))
+	_, err = svc.Signup(ctx, "", []byte(password), "127.0.0.1")
 	requireErr(t, err, trace.IsBadParameter, "malformed")
-	_, err = svc.Signup(ctx, strings.Repeat("a", 257), []byte(password))
+	_, err = svc.Signup(ctx, strings.Repeat("a", 257), []byte(password), "127.0.0.1")
 	requireErr(t, err, trace.IsBadParameter, "malformed")
 
 	clock.Advance(users.DefaultSignupTTL)
-	_, err = svc.Signup(ctx, token, []byte(password))
+	_, err = svc.Signup(ctx, token, []byte(password), "127.0.0.1")
 	requireErr(t, err, trace.IsNotFound, "signup token expired")
 	pending, err := svc.PendingSignup(ctx, "alice")
 	must(t, err)
@@ -157,7 +157,7 @@ func TestSignupRefusals(t *testing.T) {
 	// A fresh token (sigilctl users reset) works.
 	fresh, _, err := svc.NewSignupToken(ctx, "alice")
 	must(t, err)
-	_, err = svc.Signup(ctx, fresh, []byte(password))
+	_, err = svc.Signup(ctx, fresh, []byte(password), "127.0.0.1")
 	must(t, err)
 }
 
@@ -173,7 +173,7 @@ func TestConcurrentSignupOneWinner(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, errs[i] = svc.Signup(ctx, token, []byte(password+string(rune('a'+i))))
+			_, errs[i] = svc.Signup(ctx, token, []byte(password+string(rune('a'+i))), "127.0.0.1")
 		}()
 	}
 	wg.Wait()
@@ -200,7 +200,7 @@ func TestDeleteRemovesCredentials(t *testing.T) {
 	svc, _ := newService(t)
 	ctx := context.Background()
 	token := addUser(t, svc, "alice")
-	_, err := svc.Signup(ctx, token, []byte(password))
+	_, err := svc.Signup(ctx, token, []byte(password), "127.0.0.1")
 	must(t, err)
 	has, err := svc.HasUsers(ctx)
 	must(t, err)
@@ -237,9 +237,9 @@ func TestDeleteRevokesPendingSignup(t *testing.T) {
 	// An admin later creates another alice: the link sent to the first
 	// one must not claim the new account.
 	fresh := addUser(t, svc, "alice")
-	_, err := svc.Signup(ctx, old, []byte(password))
+	_, err := svc.Signup(ctx, old, []byte(password), "127.0.0.1")
 	requireErr(t, err, trace.IsNotFound, "invalid, already used or expired")
-	_, err = svc.Signup(ctx, fresh, []byte(password))
+	_, err = svc.Signup(ctx, fresh, []byte(password), "127.0.0.1")
 	must(t, err)
 }
 
@@ -247,7 +247,7 @@ func TestAuthenticateSameErrorForAllFailures(t *testing.T) {
 	svc, _ := newService(t)
 	ctx := context.Background()
 	token := addUser(t, svc, "alice")
-	_, err := svc.Signup(ctx, token, []byte(password))
+	_, err := svc.Signup(ctx, token, []byte(password), "127.0.0.1")
 	must(t, err)
 	for _, tc := range []struct{ name, user, password string }{
 		{"wrong password", "alice", "wrong password here"},
