@@ -33,8 +33,8 @@ type Config struct {
 	SignupTTL      time.Duration
 	// Emitter records completed signups (web and API alike).
 	Emitter audit.Emitter
-	Clock          func() time.Time
-	Logger         *slog.Logger
+	Clock   func() time.Time
+	Logger  *slog.Logger
 }
 
 // CheckAndSetDefaults validates the config and fills defaults.
