@@ -5,7 +5,7 @@ BIN := $(CURDIR)/bin
 DATA_DIR ?= $(CURDIR)/sigil-data
 TEST_FLAGS ?= -count=1 -timeout 15m
 
-.PHONY: all build run test test-unit test-integration vet lint generate bench fmt clean
+.PHONY: all build run test test-deps test-unit test-integration vet lint generate bench fmt clean
 
 all: build
 
@@ -19,7 +19,12 @@ vet:
 	$(GO) vet ./... ./api/...
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '/gen/')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
-test: vet build
+# Real servers the integration tests start (PostgreSQL, ...): installed as
+# root, otherwise named and fatal. See scripts/test-deps.sh.
+test-deps:
+	./scripts/test-deps.sh
+
+test: test-deps vet build
 	SIGIL_BIN_DIR=$(BIN) $(GO) test $(TEST_FLAGS) ./... ./api/...
 
 lint: vet

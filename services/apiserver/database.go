@@ -25,6 +25,8 @@ import (
 const (
 	defaultDBServerCertTTL = 365 * 24 * time.Hour
 	maxDBServerHosts       = 32
+	// minDBCertTTL bounds how short a routed certificate may be asked for.
+	minDBCertTTL = 10 * time.Second
 )
 
 type databaseService struct{ s *Server }
@@ -95,14 +97,17 @@ func (h *databaseService) GenerateDatabaseCert(ctx context.Context, req *connect
 		return nil, trace.Wrap(err)
 	}
 	ttl := time.Until(id.Expires)
+	if ttl < time.Minute {
+		return nil, trace.AccessDenied("your login certificate expires in less than a minute: run \"sigil login\" again")
+	}
 	if m.TtlSeconds < 0 {
 		return nil, trace.BadParameter("ttl must be positive")
 	}
 	if want := time.Duration(m.TtlSeconds) * time.Second; want > 0 && want < ttl {
+		if want < minDBCertTTL {
+			return nil, trace.BadParameter("ttl must be at least %s", minDBCertTTL)
+		}
 		ttl = want
-	}
-	if ttl < time.Minute {
-		return nil, trace.AccessDenied("your login certificate expires in less than a minute: run \"sigil login\" again")
 	}
 	routed := *id
 	routed.Route = certid.Route{ResourceKind: types.KindDatabase, ResourceName: db.Metadata.Name, DBUser: m.DbUser, DBName: m.DbName}

@@ -54,6 +54,10 @@ func (a *app) run(ctx context.Context, args []string) int {
 	root.SetOut(a.stdout)
 	root.SetErr(a.stderr)
 	if err := root.ExecuteContext(ctx); err != nil {
+		var code exitCode
+		if errors.As(err, &code) {
+			return int(code)
+		}
 		fmt.Fprintf(a.stderr, "ERROR: %s\n", errorMessage(err))
 		return 1
 	}
@@ -89,7 +93,8 @@ First time? An admin gives you a signup link; complete it, then log in:
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
 		return trace.BadParameter("%v (see \"%s --help\")", err, cmd.CommandPath())
 	})
-	root.AddCommand(a.signupCommand(), a.loginCommand(), a.statusCommand(), a.logoutCommand())
+	root.AddCommand(a.signupCommand(), a.loginCommand(), a.statusCommand(), a.logoutCommand(),
+		a.dbCommand(), a.proxyCommand())
 	return root
 }
 

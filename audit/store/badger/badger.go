@@ -168,8 +168,11 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	return s, nil
 }
 
-// badgerOptions sizes badger like the state store (small memtables and
-// caches) but without conflict detection: there is a single writer.
+// badgerOptions sizes badger for a single writer (no conflict detection).
+// Chunks of events (tens of KB) exceed the value threshold and go to the
+// value log, written once; the LSM holds only their pointers, the posting
+// lists and the manifests, which keeps memtable flushes and compactions
+// small. Prune reclaims value-log space with RunValueLogGC.
 func badgerOptions(cfg Config, log *slog.Logger) badger.Options {
 	opts := badger.DefaultOptions(cfg.Dir).
 		WithInMemory(cfg.InMemory).
@@ -183,7 +186,7 @@ func badgerOptions(cfg Config, log *slog.Logger) badger.Options {
 		WithNumLevelZeroTables(4).
 		WithNumLevelZeroTablesStall(12).
 		WithBlockCacheSize(16 << 20).
-		WithValueThreshold(64 << 10).
+		WithValueThreshold(1 << 10).
 		WithValueLogFileSize(64 << 20).
 		WithMemTableSize(64 << 20).
 		WithCompression(options.None)
@@ -196,80 +199,36 @@ func badgerOptions(cfg Config, log *slog.Logger) badger.Options {
 	return opts
 }
 
-// Key layout. Sequence numbers and times are big-endian so that byte order
-// is numeric order; times are offset by 2^63 so that pre-1970 sorts first.
-var (
-	eventPrefix   = []byte("e/")
-	timePrefix    = []byte("t/")
-	checkpointKey = []byte("c/checkpoint")
-)
-
-// Index prefixes, in the order Search prefers them (most selective first).
-const (
-	idxSession  = "i/s/"
-	idxUser     = "i/u/"
-	idxResource = "i/r/"
-	idxType     = "i/y/"
-	idxKind     = "i/k/"
-)
-
-func eventKey(seq uint64) []byte {
-	return binary.BigEndian.AppendUint64(append([]byte(nil), eventPrefix...), seq)
-}
-
-func orderedNanos(t time.Time) uint64 { return uint64(t.UnixNano()) ^ (1 << 63) }
-
-// position is the (time, seq) suffix every index key ends with.
-func appendPosition(b []byte, nanos, seq uint64) []byte {
-	b = binary.BigEndian.AppendUint64(b, nanos)
-	return binary.BigEndian.AppendUint64(b, seq)
-}
-
-func valuePrefix(idx, value string) []byte {
-	b := make([]byte, 0, len(idx)+len(value)+1+16)
-	b = append(b, idx...)
-	b = append(b, value...)
-	// NUL ends the value so that "ann" does not prefix "anna"; a value
-	// containing NUL may produce false candidates, which Search's filter
-	// drops.
-	return append(b, 0)
-}
-
-// indexFields are the values an event is indexed by.
+// indexFields are the values an event is indexed by, in indexes order.
 type indexFields struct {
-	nanos                              uint64
-	session, user, resource, typ, kind string
+	nanos uint64
+	vals  [len(indexes)]string
 }
 
 func indexFieldsOf(ev *sigilv1.AuditEvent) indexFields {
-	return indexFields{
-		nanos:    orderedNanos(ev.GetTime().AsTime()),
-		session:  ev.SessionId,
-		user:     ev.GetIdentity().GetUser(),
-		resource: ev.GetResource().GetName(),
-		typ:      ev.Type,
-		kind:     ev.GetIdentity().GetKind(),
-	}
-}
-
-// indexKeys lists every index entry of an event.
-func indexKeys(f indexFields, seq uint64) [][]byte {
-	keys := [][]byte{appendPosition(append([]byte(nil), timePrefix...), f.nanos, seq)}
-	add := func(idx, value string) {
-		if value != "" {
-			keys = append(keys, appendPosition(valuePrefix(idx, value), f.nanos, seq))
+	f := indexFields{nanos: orderedNanos(ev.GetTime().AsTime())}
+	for i, ix := range indexes {
+		switch ix.id {
+		case idxSession:
+			f.vals[i] = ev.SessionId
+		case idxUser:
+			f.vals[i] = ev.GetIdentity().GetUser()
+		case idxRes:
+			f.vals[i] = ev.GetResource().GetName()
+		case idxType:
+			f.vals[i] = ev.Type
+		case idxKind:
+			f.vals[i] = ev.GetIdentity().GetKind()
 		}
 	}
-	add(idxSession, f.session)
-	add(idxUser, f.user)
-	add(idxResource, f.resource)
-	add(idxType, f.typ)
-	add(idxKind, f.kind)
-	return keys
+	return f
 }
 
 func (s *Store) recover() error {
-	err := s.db.View(func(txn *badger.Txn) error {
+	err := s.db.Update(func(txn *badger.Txn) error {
+		if err := checkFormat(txn); err != nil {
+			return trace.Wrap(err)
+		}
 		cp, err := loadCheckpoint(txn)
 		if err != nil {
 			return trace.Wrap(err)
@@ -284,7 +243,12 @@ func (s *Store) recover() error {
 		if !it.Valid() {
 			return nil
 		}
-		ev, err := decodeItem(it.Item())
+		first, events, err := readChunk(it.Item())
+		if err != nil {
+			return trace.Wrap(err)
+		}
+		last := first + uint64(len(events)) - 1
+		ev, err := decodeEvent(events[len(events)-1], last)
 		if err != nil {
 			return trace.Wrap(err)
 		}
@@ -295,6 +259,30 @@ func (s *Store) recover() error {
 		return nil
 	})
 	return trace.Wrap(err, "recovering the audit chain head")
+}
+
+// checkFormat stamps a new database with formatVersion and refuses one
+// written in another layout.
+func checkFormat(txn *badger.Txn) error {
+	item, err := txn.Get(formatKey)
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		it := txn.NewIterator(badger.IteratorOptions{})
+		defer it.Close()
+		it.Rewind()
+		if it.Valid() {
+			return trace.BadParameter("audit database has data but no format version: it was written by an older release")
+		}
+		return trace.Wrap(txn.Set(formatKey, []byte{formatVersion}))
+	}
+	if err != nil {
+		return trace.Wrap(err)
+	}
+	return item.Value(func(v []byte) error {
+		if len(v) != 1 || v[0] != formatVersion {
+			return trace.BadParameter("audit database has format %x, this release reads %d", v, formatVersion)
+		}
+		return nil
+	})
 }
 
 func loadCheckpoint(txn *badger.Txn) (*sigilv1.AuditCheckpoint, error) {
@@ -313,16 +301,35 @@ func loadCheckpoint(txn *badger.Txn) (*sigilv1.AuditCheckpoint, error) {
 	return cp, nil
 }
 
-func decodeItem(item *badger.Item) (*sigilv1.AuditEvent, error) {
-	ev := &sigilv1.AuditEvent{}
-	err := item.Value(func(v []byte) error { return proto.Unmarshal(v, ev) })
+// readChunk returns a chunk's first seq and its events' encodings (copies,
+// safe after the transaction).
+func readChunk(item *badger.Item) (uint64, [][]byte, error) {
+	first, err := seqOfKey(item.Key(), eventPrefix)
 	if err != nil {
-		key := item.Key()
-		seq := uint64(0)
-		if len(key) == len(eventPrefix)+8 {
-			seq = binary.BigEndian.Uint64(key[len(eventPrefix):])
-		}
+		return 0, nil, trace.Wrap(err)
+	}
+	v, err := item.ValueCopy(nil)
+	if err != nil {
+		return 0, nil, trace.Wrap(err)
+	}
+	events, err := decodeChunk(v)
+	if err != nil {
+		return 0, nil, trace.BadParameter("audit chunk at event %d is corrupt: %v", first, err)
+	}
+	if first == 0 || first+uint64(len(events))-1 < first {
+		return 0, nil, trace.BadParameter("audit chunk at event %d is out of range", first)
+	}
+	return first, events, nil
+}
+
+// decodeEvent decodes the stored encoding of event seq.
+func decodeEvent(raw []byte, seq uint64) (*sigilv1.AuditEvent, error) {
+	ev := &sigilv1.AuditEvent{}
+	if err := proto.Unmarshal(raw, ev); err != nil {
 		return nil, trace.BadParameter("event %d: stored encoding is corrupt: %v", seq, err)
+	}
+	if ev.Seq != seq {
+		return nil, trace.BadParameter("event %d: stored under the wrong seq (%d)", seq, ev.Seq)
 	}
 	return ev, nil
 }
@@ -565,12 +572,32 @@ func (s *Store) syncLoop() {
 	}
 }
 
-// write assigns seq and hashes in order and stores the batch durably. The
+// write assigns seq and hashes in order and writes the batch: its events
+// in chunks, its posting lists and its manifest (see encoding.go). The
 // chain head only advances when everything succeeded.
+
 func (s *Store) write(batch []*pending) error {
 	seq, prev := s.lastSeq, s.lastHash
 	wb := s.db.NewWriteBatch()
 	defer wb.Cancel()
+	var (
+		chunk      [][]byte
+		chunkBytes int
+		chunkFirst = seq + 1
+	)
+	flushChunk := func() error {
+		if len(chunk) == 0 {
+			return nil
+		}
+		v := encodeChunk(make([]byte, 0, chunkBytes+len(chunk)*3+11), chunk)
+		if err := wb.Set(eventKey(chunkFirst), v); err != nil {
+			return trace.Wrap(err, "writing audit events %d to %d", chunkFirst, chunkFirst+uint64(len(chunk))-1)
+		}
+		chunkFirst += uint64(len(chunk))
+		chunk, chunkBytes = chunk[:0], 0
+		return nil
+	}
+	var ix postingBuilder
 	for _, p := range batch {
 		if p.pre == nil {
 			continue
@@ -595,21 +622,81 @@ func (s *Store) write(batch []*pending) error {
 		}
 		full = protowire.AppendTag(full, fieldHash, protowire.BytesType)
 		full = protowire.AppendString(full, hash)
-		if err := wb.Set(eventKey(seq), full); err != nil {
-			return trace.Wrap(err, "writing audit event %d", seq)
-		}
-		for _, k := range indexKeys(p.idx, seq) {
-			if err := wb.Set(k, nil); err != nil {
-				return trace.Wrap(err, "indexing audit event %d", seq)
+		if len(chunk) == maxChunkEvents || len(chunk) > 0 && chunkBytes+len(full) > maxChunkBytes {
+			if err := flushChunk(); err != nil {
+				return trace.Wrap(err)
 			}
 		}
+		chunk = append(chunk, full)
+		chunkBytes += len(full)
+		ix.add(p.idx, seq)
 		prev = hash
+	}
+	if err := flushChunk(); err != nil {
+		return trace.Wrap(err)
+	}
+	if first := s.lastSeq + 1; seq >= first {
+		keys, err := ix.write(wb)
+		if err != nil {
+			return trace.Wrap(err, "indexing audit events %d to %d", first, seq)
+		}
+		if err := wb.Set(manifestKey(first), encodeManifest(first, seq, keys)); err != nil {
+			return trace.Wrap(err, "writing audit manifest %d", first)
+		}
 	}
 	if err := wb.Flush(); err != nil {
 		return trace.Wrap(err, "writing audit batch")
 	}
 	s.lastSeq, s.lastHash = seq, prev
 	return nil
+}
+
+// postingBuilder groups a batch's index entries by (index, bucket).
+type postingBuilder struct {
+	groups [len(indexes) * maxBuckets][]posting
+}
+
+// maxBuckets is the largest bucket count in indexes.
+const maxBuckets = 16
+
+func (b *postingBuilder) add(f indexFields, seq uint64) {
+	for i, ix := range indexes {
+		v := f.vals[i]
+		if v == "" && ix.id != idxTime {
+			continue
+		}
+		g := i*maxBuckets + int(bucketOf(v, ix.buckets))
+		b.groups[g] = append(b.groups[g], posting{nanos: f.nanos, seq: seq, value: v})
+	}
+}
+
+// write stores the posting lists, newest first, cut where a list would
+// span more than maxPostingSpan or hold more than maxPostingEntries, and
+// returns their keys.
+func (b *postingBuilder) write(wb *badger.WriteBatch) ([][]byte, error) {
+	var keys [][]byte
+	for g, entries := range b.groups {
+		if len(entries) == 0 {
+			continue
+		}
+		prefix := append(slices.Clone(postingPrefix), indexes[g/maxBuckets].id)
+		prefix = binary.BigEndian.AppendUint16(prefix, uint16(g%maxBuckets))
+		slices.SortFunc(entries, newer)
+		for len(entries) > 0 {
+			n := 1
+			for n < len(entries) && n < maxPostingEntries && entries[0].nanos-entries[n].nanos <= maxPostingSpan {
+				n++
+			}
+			h, v := encodePosting(nil, entries[:n])
+			key := postingKey(prefix, h.maxNanos, h.minSeq, h.span)
+			if err := wb.Set(key, v); err != nil {
+				return nil, trace.Wrap(err)
+			}
+			keys = append(keys, key)
+			entries = entries[n:]
+		}
+	}
+	return keys, nil
 }
 
 // LastSeq implements store.Store.

@@ -6,11 +6,16 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"errors"
+	"fmt"
+	mrand "math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/dgraph-io/badger/v4"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	sigilv1 "github.com/sigilhq/sigil/api/gen/sigil/v1"
 	"github.com/sigilhq/sigil/audit"
@@ -52,7 +57,8 @@ func TestConformance(t *testing.T) {
 }
 
 // tamper flips one byte of the statement of event seq directly in badger,
-// so the event still decodes but its content changed.
+// inside the chunk that holds it, so the event still decodes but its
+// content changed.
 func tamper(t *testing.T, dir string, seq uint64) {
 	t.Helper()
 	db, err := badger.Open(badger.DefaultOptions(dir).WithLogger(nil))
@@ -61,24 +67,47 @@ func tamper(t *testing.T, dir string, seq uint64) {
 	}
 	defer db.Close()
 	err = db.Update(func(txn *badger.Txn) error {
-		item, err := txn.Get(eventKey(seq))
+		key, raw, chunk, err := rawEvent(txn, seq)
 		if err != nil {
 			return err
 		}
-		v, err := item.ValueCopy(nil)
-		if err != nil {
-			return err
-		}
-		i := bytes.Index(v, []byte("SELECT"))
+		i := bytes.Index(raw, []byte("SELECT"))
 		if i < 0 {
 			t.Fatalf("event %d has no statement to tamper with", seq)
 		}
-		v[i] ^= 0x20 // SELECT -> sELECT
-		return txn.Set(eventKey(seq), v)
+		raw[i] ^= 0x20 // SELECT -> sELECT; raw aliases chunk
+		return txn.Set(key, chunk)
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
+}
+
+// rawEvent returns the key and value of the chunk holding event seq, and
+// the event's stored encoding within that value.
+func rawEvent(txn *badger.Txn, seq uint64) (key, raw, chunk []byte, err error) {
+	it := txn.NewIterator(badger.IteratorOptions{Reverse: true, Prefix: eventPrefix})
+	defer it.Close()
+	if it.Seek(eventKey(seq)); !it.Valid() {
+		return nil, nil, nil, fmt.Errorf("no chunk holds event %d", seq)
+	}
+	key = it.Item().KeyCopy(nil)
+	first, err := seqOfKey(key, eventPrefix)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	chunk, err = it.Item().ValueCopy(nil)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	events, err := decodeChunk(chunk)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if seq-first >= uint64(len(events)) {
+		return nil, nil, nil, fmt.Errorf("no chunk holds event %d", seq)
+	}
+	return key, events[seq-first], chunk, nil
 }
 
 func TestConformanceInMemory(t *testing.T) {
@@ -136,11 +165,7 @@ func TestStoredEncodingIsCanonical(t *testing.T) {
 	}
 	err = s.db.View(func(txn *badger.Txn) error {
 		for seq := uint64(1); seq <= 3; seq++ {
-			item, err := txn.Get(eventKey(seq))
-			if err != nil {
-				return err
-			}
-			raw, err := item.ValueCopy(nil)
+			_, raw, _, err := rawEvent(txn, seq)
 			if err != nil {
 				return err
 			}
@@ -180,5 +205,134 @@ func TestConfig(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("New(%+v): want error containing %q, got %v", tc.cfg, tc.want, err)
 		}
+	}
+}
+
+// Large batches with out-of-order times (spread well beyond one posting
+// list's span), paged searches, and a Prune that cuts a batch in the
+// middle: results must equal a brute-force filter of Range, across reopen.
+func TestSearchAcrossBatches(t *testing.T) {
+	pub, priv := newKey(t)
+	dir := t.TempDir()
+	s, err := New(context.Background(), Config{Dir: dir, Signer: priv, MaxBatchEvents: 700})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { s.Close() }()
+	base := time.Date(2025, 3, 1, 0, 0, 0, 0, time.UTC)
+	r := mrand.New(mrand.NewPCG(1, 2))
+	const n = 3000
+	for i := range n {
+		// Mostly increasing, with jitter of up to a minute and some
+		// events an hour late; a few share a timestamp.
+		at := base.Add(time.Duration(i)*100*time.Millisecond + time.Duration(r.IntN(60_000))*time.Millisecond)
+		if i%97 == 0 {
+			at = at.Add(-time.Hour)
+		}
+		ev := &sigilv1.AuditEvent{
+			Type:      []string{audit.EventDBQuery, audit.EventSSHExec}[i%2],
+			Time:      timestamppb.New(at.Truncate(10 * time.Millisecond)),
+			Identity:  &sigilv1.AuditIdentity{User: fmt.Sprintf("u%d", r.IntN(7)), Kind: "human"},
+			SessionId: fmt.Sprintf("s%d", i/50),
+		}
+		if err := s.Append(context.Background(), ev, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	check := func(t *testing.T, s *Store, q store.Query) {
+		t.Helper()
+		cp, _ := s.Checkpoint(context.Background())
+		var events []*sigilv1.AuditEvent
+		for from := uint64(0); ; {
+			page, err := s.Range(context.Background(), from, 1000)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(page) == 0 {
+				break
+			}
+			events = append(events, page...)
+			from = page[len(page)-1].Seq + 1
+		}
+		if _, err := audit.Verify(events, cp, pub); err != nil {
+			t.Fatal(err)
+		}
+		var want []uint64
+		for _, ev := range events {
+			tm := ev.GetTime().AsTime()
+			if (q.User == "" || ev.GetIdentity().GetUser() == q.User) && (q.Since.IsZero() || !tm.Before(q.Since)) &&
+				(q.Until.IsZero() || tm.Before(q.Until)) && (len(q.Types) == 0 || q.Types[0] == ev.Type) {
+				want = append(want, ev.Seq)
+			}
+		}
+		slices.SortFunc(want, func(a, b uint64) int {
+			ta, tb := events[a-events[0].Seq].GetTime().AsTime(), events[b-events[0].Seq].GetTime().AsTime()
+			if c := tb.Compare(ta); c != 0 {
+				return c
+			}
+			return int(b) - int(a)
+		})
+		var got []uint64
+		for pages := 0; ; pages++ {
+			if pages > 1000 {
+				t.Fatal("pagination does not end")
+			}
+			page, tok, err := s.Search(context.Background(), q)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, ev := range page {
+				got = append(got, ev.Seq)
+			}
+			if tok == "" {
+				break
+			}
+			q.PageToken = tok
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("query %+v: got %d events, want %d\ngot  %v\nwant %v", q, len(got), len(want), got, want)
+		}
+	}
+	queries := []store.Query{
+		{Limit: 77},
+		{User: "u3", Limit: 13},
+		{Types: []string{audit.EventSSHExec}, Limit: 500},
+		{User: "u1", Since: base.Add(2 * time.Minute), Until: base.Add(4 * time.Minute), Limit: 5},
+		{Since: base.Add(-30 * time.Minute), Until: base.Add(time.Minute), Limit: 9},
+	}
+	for _, q := range queries {
+		check(t, s, q)
+	}
+	// Cut in the middle of a batch (batches hold up to 700 events).
+	events, err := s.Range(context.Background(), 1000, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cut := events[0].GetTime().AsTime()
+	if _, err := s.Prune(context.Background(), cut); err != nil {
+		t.Fatal(err)
+	}
+	cp, err := s.Checkpoint(context.Background())
+	if err != nil || cp == nil || cp.Seq%700 == 0 {
+		t.Fatalf("checkpoint %v (%v): want one inside a batch", cp, err)
+	}
+	for _, q := range queries {
+		check(t, s, q)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, err = New(context.Background(), Config{Dir: dir, Signer: priv})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Prune(context.Background(), base.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range queries {
+		check(t, s, q)
 	}
 }

@@ -75,6 +75,35 @@ func BenchmarkAppendDurable(b *testing.B) {
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "events/s")
 }
 
+// BenchmarkAppendGroupCommit: the gateway's query path. Emitters queue
+// events without waiting (db.query is group-committed); the clock stops
+// when a final Flush has made every one of them durable. Reports durable
+// events/s.
+func BenchmarkAppendGroupCommit(b *testing.B) {
+	s := newBenchStore(b, b.TempDir())
+	defer s.Close()
+	var n atomic.Int64
+	now := time.Now()
+	b.SetParallelism(8)
+	b.ResetTimer()
+	start := time.Now()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			i := n.Add(1)
+			if err := s.Append(context.Background(), benchEvent(int(i%1000), now.Add(time.Duration(i))), false); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	if err := s.Flush(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	elapsed := time.Since(start)
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "events/s")
+}
+
 // BenchmarkAppendLatency: one durable Append at a time (a session start)
 // while a few goroutines stream non-durable queries. Reports p50/p99.
 func BenchmarkAppendLatency(b *testing.B) {

@@ -3,6 +3,11 @@
 // group commit, secondary indexes for Search, and retention that leaves a
 // signed checkpoint behind.
 //
+// Layout: a batch stores its events in a few chunks of consecutive events,
+// its index entries in bucketed posting lists (one key per index bucket it
+// touches, not one per event) and a manifest for retention; encoding.go
+// documents the keys and values (format version 1).
+//
 // Durability: badger runs with SyncWrites off; one committer goroutine
 // writes each batch of queued events (assigning seq and hashes in order),
 // and a syncer goroutine calls DB.Sync once for every batch written since

@@ -1,0 +1,200 @@
+package sqlpolicy
+
+import (
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+
+	"github.com/gravitational/trace"
+	pg_query "github.com/pganalyze/pg_query_go/v6"
+
+	"github.com/sigilhq/sigil/api/types"
+)
+
+// Class is what a statement needs from the identity running it.
+type Class string
+
+const (
+	// ClassRead changes no data, schema or privilege.
+	ClassRead Class = "read"
+	// ClassWrite changes data (rows, sequences, locks, notifications).
+	ClassWrite Class = "write"
+	// ClassAdmin changes schema, privileges, roles, server state or touches
+	// the server's file system.
+	ClassAdmin Class = "admin"
+	// ClassUnknown could not be classified; failing closed, only admin
+	// may run it.
+	ClassUnknown Class = "unknown"
+)
+
+const (
+	// DefaultCacheSize is the number of classified statement texts kept.
+	DefaultCacheSize = 4096
+	// DefaultMaxStatementBytes bounds the text handed to the parser.
+	DefaultMaxStatementBytes = 1 << 20
+	// DefaultCacheEntryMaxBytes bounds the text of a cached entry so that a
+	// full cache stays small (4096 × 16 KiB = 64 MiB worst case); longer
+	// statements are rare and are classified every time.
+	DefaultCacheEntryMaxBytes = 16 << 10
+)
+
+// Result is the classification of one query string.
+type Result struct {
+	// Class is the most privileged class among the statements, or
+	// ClassUnknown if any of them could not be classified.
+	Class Class
+	// Reason names what decided the class, e.g. "INSERT into public.t",
+	// "DO block", "parse error: ...". It is safe to show to the client.
+	Reason string
+	// Statements is how many statements the string holds (0 when empty or
+	// unparsable).
+	Statements int
+}
+
+// Config configures a Classifier.
+type Config struct {
+	// CacheSize is the number of statement texts whose result is kept.
+	CacheSize int
+	// MaxStatementBytes bounds the text classified; longer text is
+	// ClassUnknown "statement too large" without being parsed.
+	MaxStatementBytes int
+	// CacheEntryMaxBytes bounds the text of a single cached entry.
+	CacheEntryMaxBytes int
+	// Logger receives internal errors (never statement text).
+	Logger *slog.Logger
+}
+
+// CheckAndSetDefaults validates the config and fills in defaults.
+func (c *Config) CheckAndSetDefaults() error {
+	if c.CacheSize < 0 || c.MaxStatementBytes < 0 || c.CacheEntryMaxBytes < 0 {
+		return trace.BadParameter("sqlpolicy: sizes must not be negative")
+	}
+	if c.CacheSize == 0 {
+		c.CacheSize = DefaultCacheSize
+	}
+	if c.MaxStatementBytes == 0 {
+		c.MaxStatementBytes = DefaultMaxStatementBytes
+	}
+	if c.CacheEntryMaxBytes == 0 {
+		c.CacheEntryMaxBytes = DefaultCacheEntryMaxBytes
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return nil
+}
+
+// Stats reports cache effectiveness.
+type Stats struct {
+	Hits    uint64
+	Misses  uint64
+	Entries int
+}
+
+// Classifier classifies statements; it is safe for concurrent use.
+type Classifier struct {
+	cfg    Config
+	cache  *lru
+	hits   atomic.Uint64
+	misses atomic.Uint64
+}
+
+// NewClassifier returns a Classifier with an empty cache.
+func NewClassifier(cfg Config) (*Classifier, error) {
+	if err := cfg.CheckAndSetDefaults(); err != nil {
+		return nil, trace.Wrap(err)
+	}
+	return &Classifier{cfg: cfg, cache: newLRU(cfg.CacheSize)}, nil
+}
+
+// Classify returns the class of every statement in sql combined: the most
+// privileged one wins and any unknown part makes the whole string unknown.
+func (c *Classifier) Classify(sql string) Result {
+	if len(sql) > c.cfg.MaxStatementBytes {
+		return Result{Class: ClassUnknown, Reason: fmt.Sprintf("statement too large (%d bytes, limit %d)", len(sql), c.cfg.MaxStatementBytes)}
+	}
+	cacheable := len(sql) <= c.cfg.CacheEntryMaxBytes
+	if cacheable {
+		if r, ok := c.cache.get(sql); ok {
+			c.hits.Add(1)
+			return r
+		}
+	}
+	c.misses.Add(1)
+	r := c.classifyUncached(sql)
+	if cacheable {
+		c.cache.add(sql, r)
+	}
+	return r
+}
+
+// Stats returns cache counters.
+func (c *Classifier) Stats() Stats {
+	return Stats{Hits: c.hits.Load(), Misses: c.misses.Load(), Entries: c.cache.len()}
+}
+
+func (c *Classifier) classifyUncached(sql string) (r Result) {
+	// The parser is C code behind cgo and the tree walk is ours; neither
+	// should panic, but if one does the statement must still be refused
+	// rather than take the gateway connection down.
+	defer func() {
+		if p := recover(); p != nil {
+			c.cfg.Logger.Error("sqlpolicy: classification panicked", "panic", fmt.Sprint(p), "bytes", len(sql))
+			r = Result{Class: ClassUnknown, Reason: "internal classification error"}
+		}
+	}()
+	return classifyText(sql)
+}
+
+// Allowed reports whether an identity granted `granted` (read, write or
+// admin, as in role spec.allow.databases.statements) may run r. Unknown
+// statements are allowed only for admin; an unrecognised grant allows nothing.
+func Allowed(granted string, r Result) bool {
+	g := types.StatementsRank(granted)
+	if g == 0 {
+		return false
+	}
+	need := rank(r.Class)
+	if need == 0 {
+		// ClassUnknown or a zero Result: fail closed.
+		return g >= types.StatementsRank(types.StatementsAdmin)
+	}
+	return g >= need
+}
+
+// rank orders known classes the same way types.StatementsRank does; 0 is
+// unknown.
+func rank(c Class) int {
+	switch c {
+	case ClassRead, ClassWrite, ClassAdmin:
+		return types.StatementsRank(string(c))
+	}
+	return 0
+}
+
+// Fingerprint returns pg_query's fingerprint of sql: equal for statements
+// that differ only in constants, whitespace, comments and case, so an
+// approval can be bound to the statement's shape.
+func Fingerprint(sql string) (string, error) {
+	if len(sql) > DefaultMaxStatementBytes {
+		return "", trace.LimitExceeded("statement too large (%d bytes, limit %d)", len(sql), DefaultMaxStatementBytes)
+	}
+	fp, err := pg_query.Fingerprint(sql)
+	if err != nil {
+		return "", trace.BadParameter("fingerprint: %v", err)
+	}
+	return fp, nil
+}
+
+// Normalize returns sql with constants replaced by $n placeholders, for
+// storing statements without the values they carried.
+func Normalize(sql string) (string, error) {
+	if len(sql) > DefaultMaxStatementBytes {
+		return "", trace.LimitExceeded("statement too large (%d bytes, limit %d)", len(sql), DefaultMaxStatementBytes)
+	}
+	out, err := pg_query.Normalize(sql)
+	if err != nil {
+		return "", trace.BadParameter("normalize: %v", err)
+	}
+	return out, nil
+}

@@ -1,0 +1,171 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/gravitational/trace"
+	"github.com/spf13/cobra"
+
+	"github.com/sigilhq/sigil/api/client"
+	"github.com/sigilhq/sigil/gateway/tunnel"
+)
+
+func (a *app) proxyCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "proxy",
+		Short: "Run local listeners that carry connections to the gateway",
+		Long: `Run local listeners that carry connections to the gateway for clients that
+cannot present Sigil certificates themselves.`,
+		Example: `  sigil proxy db pg1 --tunnel --port 15432 --db-user reader --db-name app`,
+	}
+	cmd.AddCommand(a.proxyDBCommand())
+	return cmd
+}
+
+type proxyDBOptions struct {
+	database, user, name string
+	tunnel               bool
+	port                 int
+	certTTL              time.Duration
+}
+
+func (a *app) proxyDBCommand() *cobra.Command {
+	var opts proxyDBOptions
+	cmd := &cobra.Command{
+		Use:   "db NAME --tunnel [--port PORT] [--db-user USER] [--db-name DB]",
+		Short: "Serve a database as plain PostgreSQL on 127.0.0.1 for apps and pools",
+		Long: `Serve database NAME on 127.0.0.1 as plain PostgreSQL: applications and
+connection pools connect with no TLS, no certificate and no password, and each
+connection is carried to the gateway over TLS with a certificate routed to
+NAME as --db-user/--db-name. Only this machine can connect (the listener is on
+loopback), and every query is still checked and audited by the gateway as you.
+
+The certificate lives in memory and is renewed when a third of its lifetime is
+left; open connections are not affected by a renewal. The renewals use your
+Sigil login, so when that expires, run "sigil login" again: the tunnel picks it
+up without a restart, and open connections keep working meanwhile.
+
+Without --port a free port is chosen and printed. Stop with Ctrl-C.`,
+		Example: `  sigil proxy db pg1 --tunnel --port 15432 --db-user reader --db-name app
+  DATABASE_URL='postgres://reader@127.0.0.1:15432/app?sslmode=disable' ./my-app`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			opts.database = args[0]
+			return a.proxyDB(cmd.Context(), opts)
+		},
+	}
+	f := cmd.Flags()
+	f.BoolVar(&opts.tunnel, "tunnel", false, "serve plain PostgreSQL locally and handle certificates in sigil (required)")
+	f.IntVar(&opts.port, "port", 0, "local port on 127.0.0.1 (default: a free port)")
+	f.StringVar(&opts.user, "db-user", "", "database user to connect as")
+	f.StringVar(&opts.name, "db-name", "", "database name inside the server (the PostgreSQL dbname)")
+	f.DurationVar(&opts.certTTL, "cert-ttl", 0, "lifetime of each database certificate (testing renewals)")
+	f.MarkHidden("cert-ttl")
+	return cmd
+}
+
+func (a *app) proxyDB(ctx context.Context, opts proxyDBOptions) error {
+	if !opts.tunnel {
+		return trace.BadParameter("only tunnel mode exists: add --tunnel (psql can reach the gateway directly with \"sigil db connect %s\")", opts.database)
+	}
+	if opts.port < 0 || opts.port > 65535 {
+		return trace.BadParameter("--port %d is not a TCP port", opts.port)
+	}
+	if opts.certTTL < 0 {
+		return trace.BadParameter("--cert-ttl must be positive")
+	}
+	if err := checkDBName(opts.database); err != nil {
+		return trace.Wrap(err)
+	}
+	p, clt, err := a.dbClient()
+	if err != nil {
+		return trace.Wrap(err)
+	}
+	defer clt.Close()
+	dbs, err := listDatabases(ctx, clt, p.Proxy)
+	if err != nil {
+		return trace.Wrap(err)
+	}
+	d, err := findDatabase(dbs, opts.database)
+	if err != nil {
+		return trace.Wrap(err)
+	}
+	if d.GetProtocol() != protocolPostgres {
+		return trace.NotImplemented("database %s speaks %s; the tunnel only carries PostgreSQL in this version", d.GetName(), d.GetProtocol())
+	}
+	user, name, err := routeDefaults(d, opts.user, opts.name)
+	if err != nil {
+		return trace.Wrap(err)
+	}
+	first, err := a.issueDBCert(ctx, p, clt, opts.database, user, name, opts.certTTL)
+	if err != nil {
+		return trace.Wrap(err)
+	}
+
+	level := slog.LevelInfo
+	if a.debug {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(a.stderr, &slog.HandlerOptions{Level: level})).With("database", opts.database)
+	home, proxy := client.Home(), p.Proxy
+	certs, err := tunnel.NewRenewingCerts(tunnel.RenewingCertsConfig{
+		Initial: &first.pair,
+		Issue: func(ctx context.Context) (*tls.Certificate, error) {
+			// Reloaded each time so a "sigil login" done meanwhile is used.
+			p, err := client.LoadProfile(home, proxy)
+			if err != nil {
+				return nil, trace.Wrap(err)
+			}
+			if err := a.checkLoginValid(p); err != nil {
+				return nil, trace.Wrap(err)
+			}
+			clt, err := client.NewFromIdentity(p.Identity, a.timeout)
+			if err != nil {
+				return nil, trace.Wrap(err)
+			}
+			defer clt.Close()
+			c, err := a.issueDBCert(ctx, p, clt, opts.database, user, name, opts.certTTL)
+			if err != nil {
+				return nil, trace.Wrap(err)
+			}
+			return &c.pair, nil
+		},
+		Logger: log,
+		Clock:  a.now,
+	})
+	if err != nil {
+		return trace.Wrap(err)
+	}
+	// The pinned CA of the profile, not one from a response: it is what
+	// the user agreed to trust.
+	pool, err := client.CertPoolFromPEM(p.Identity.TLSCAPEM)
+	if err != nil {
+		return trace.Wrap(err)
+	}
+	tun, err := tunnel.New(tunnel.Config{
+		ListenAddr:  net.JoinHostPort("127.0.0.1", strconv.Itoa(opts.port)),
+		GatewayAddr: p.Proxy,
+		Certs:       certs,
+		RootCAs:     pool,
+		Logger:      log,
+	})
+	if err != nil {
+		return trace.Wrap(err, "starting the local listener (is port %d free?)", opts.port)
+	}
+	_, port, _ := net.SplitHostPort(tun.Addr().String())
+	dsn := url.URL{Scheme: "postgres", User: url.User(user), Host: tun.Addr().String(), Path: "/" + name, RawQuery: "sslmode=disable"}
+	fmt.Fprintf(a.stdout, `Tunnel for database %s (db user %q, db name %q) listening on %s
+Connect without TLS or password, e.g.:
+  psql 'host=127.0.0.1 port=%s user=%s dbname=%s sslmode=disable'
+  %s
+Press Ctrl-C to stop.
+`, opts.database, user, name, tun.Addr(), port, connInfoQuote(user), connInfoQuote(name), dsn.String())
+	return trace.Wrap(tun.Serve(ctx))
+}
