@@ -438,6 +438,82 @@ func TestWebhookDownUntilRestart(t *testing.T) {
 	assertSeqs(t, target.received(), 1, 50)
 }
 
+// A graceful stop must not abandon a POST in flight: its outcome would be
+// unknown, the cursor would not move, and the receiver, which may have
+// ingested it, would get it again after the restart.
+func TestWebhookStopLetsPostInFlightFinish(t *testing.T) {
+	st := newTestStore(t)
+	arrived := make(chan struct{}, 1)
+	release := make(chan struct{})
+	var mu sync.Mutex
+	var got []*sigilv1.AuditEvent
+	srv := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			http.Error(rw, err.Error(), http.StatusBadRequest)
+			return
+		}
+		select {
+		case arrived <- struct{}{}:
+		default:
+		}
+		<-release
+		// Like a real receiver, ingest what arrived even if the client
+		// has gone away meanwhile.
+		mu.Lock()
+		got = append(got, decodeLines(t, bytes.NewReader(body))...)
+		mu.Unlock()
+		rw.WriteHeader(http.StatusAccepted)
+	}))
+	defer srv.Close()
+	var releaseOnce sync.Once
+	defer releaseOnce.Do(func() { close(release) })
+	cursor := filepath.Join(t.TempDir(), "cursor")
+	newSink := func() *WebhookSink {
+		s, err := NewWebhookSink(WebhookSinkConfig{URL: srv.URL})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+
+	f1, err := NewForwarder(ForwarderConfig{Store: st, Sink: newSink(), CursorPath: cursor, MinBackoff: time.Millisecond, MaxBackoff: time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- f1.Run(ctx) }()
+	appendN(t, st, 0, 1)
+	select {
+	case <-arrived:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first POST never arrived")
+	}
+	cancel()
+	releaseOnce.Do(func() { close(release) })
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("the forwarder did not stop")
+	}
+	if c, err := readCursor(cursor); err != nil || c != 1 {
+		t.Fatalf("cursor after stopping with a POST in flight = %d, %v; want 1 (the answered POST is recorded)", c, err)
+	}
+
+	f2, _ := startForwarder(t, ForwarderConfig{Store: st, Sink: newSink(), CursorPath: cursor})
+	appendN(t, st, 1, 1)
+	eventually(t, "delivery after restart", func() bool { return f2.Status().Cursor == 2 })
+	mu.Lock()
+	defer mu.Unlock()
+	assertSeqs(t, got, 1, 2)
+}
+
 func TestWebhookSplitBatchRetryDoesNotDuplicate(t *testing.T) {
 	st := newTestStore(t)
 	var mu sync.Mutex

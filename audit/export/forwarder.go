@@ -102,7 +102,8 @@ func (c *ForwarderConfig) CheckAndSetDefaults() error {
 type Status struct {
 	// Sink is the sink name.
 	Sink string
-	// Cursor is the seq of the last event delivered.
+	// Cursor is the seq of the last event delivered; the cursor file is
+	// written before Cursor moves.
 	Cursor uint64
 	// LastSeq is the newest durable seq in the store.
 	LastSeq uint64
@@ -229,9 +230,8 @@ func (f *Forwarder) Run(ctx context.Context) error {
 			break
 		}
 		cursor = batch[len(batch)-1].GetSeq()
-		f.mu.Lock()
-		f.status.Cursor = cursor
-		f.mu.Unlock()
+		// Saved before Status shows it, so that a reported cursor is one a
+		// restart resumes from (unless saving failed, which is reported).
 		if err := writeCursor(f.cfg.CursorPath, cursor); err != nil {
 			// The in-memory cursor still advances, so this process does
 			// not re-deliver; after a restart the batches since the last
@@ -240,6 +240,9 @@ func (f *Forwarder) Run(ctx context.Context) error {
 				"cursor_path", f.cfg.CursorPath, "error", err)
 			f.failed(trace.Wrap(err, "saving export cursor"), 0, false)
 		}
+		f.mu.Lock()
+		f.status.Cursor = cursor
+		f.mu.Unlock()
 	}
 	return nil
 }

@@ -40,7 +40,8 @@ type WebhookSinkConfig struct {
 	// Headers are added to every request, e.g. Authorization. Their
 	// values are secrets: never logged.
 	Headers map[string]string `yaml:"headers"`
-	// Timeout bounds one POST (default 10s).
+	// Timeout bounds one POST (default 10s), and so also how long a
+	// shutdown waits for a POST in flight.
 	Timeout time.Duration `yaml:"timeout"`
 	// CAFile is a PEM bundle trusted in addition to the system roots.
 	CAFile string `yaml:"ca_file"`
@@ -257,6 +258,11 @@ func (s *WebhookSink) Write(ctx context.Context, batch []*sigilv1.AuditEvent) er
 		if body.Len() == 0 {
 			return nil
 		}
+		// Do not start another request once stopping; one already in
+		// flight is let finish (see post).
+		if err := ctx.Err(); err != nil {
+			return trace.Wrap(err)
+		}
 		if err := s.post(ctx, body.Bytes(), first, last); err != nil {
 			return trace.Wrap(err)
 		}
@@ -290,6 +296,12 @@ func (s *WebhookSink) Write(ctx context.Context, batch []*sigilv1.AuditEvent) er
 }
 
 func (s *WebhookSink) post(ctx context.Context, body []byte, first, last uint64) error {
+	// A request aborted by shutdown has an unknown outcome: the receiver
+	// may already have ingested it, and the forwarder, which never learns
+	// that it did, re-sends it after the restart: a duplicate. Letting the
+	// request finish (bounded by the client Timeout) makes a graceful stop
+	// end with a known outcome and a saved cursor.
+	ctx = context.WithoutCancel(ctx)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.cfg.URL, bytes.NewReader(body))
 	if err != nil {
 		return trace.BadParameter("webhook %s: building request failed", s.target)

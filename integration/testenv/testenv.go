@@ -77,23 +77,47 @@ type Daemon struct {
 	t       testing.TB
 	DataDir string
 	Addr    string
-	cmd     *exec.Cmd
-	stdout  *syncBuffer
-	stderr  *syncBuffer
-	done    chan struct{}
+	// ConfigPath is the sigil.yaml passed with --config ("" for none).
+	ConfigPath string
+	cmd        *exec.Cmd
+	stdout     *syncBuffer
+	stderr     *syncBuffer
+	done       chan struct{}
 }
 
 // StartDaemon starts sigild on a free loopback port with dataDir (a new
 // temp dir when empty) and waits until it serves.
 func StartDaemon(t testing.TB, dataDir string) *Daemon {
 	t.Helper()
+	return startDaemon(t, dataDir, "")
+}
+
+// StartDaemonWithConfig is StartDaemon with yamlText written to a
+// sigil.yaml in a new temp dir and passed as --config. The --data-dir and
+// --listen flags StartDaemon sets win over data_dir and listen in the file.
+// To restart with the same config, pass the same text again.
+func StartDaemonWithConfig(t testing.TB, dataDir, yamlText string) *Daemon {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "sigil.yaml")
+	if err := os.WriteFile(path, []byte(yamlText), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return startDaemon(t, dataDir, path)
+}
+
+func startDaemon(t testing.TB, dataDir, configPath string) *Daemon {
+	t.Helper()
 	if dataDir == "" {
 		dataDir = filepath.Join(t.TempDir(), "data")
 	}
-	d := &Daemon{t: t, DataDir: dataDir, stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan struct{})}
+	d := &Daemon{t: t, DataDir: dataDir, ConfigPath: configPath, stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan struct{})}
 	// A previous run's proxy file must not be mistaken for this one's.
 	_ = os.Remove(filepath.Join(dataDir, "admin", "proxy"))
-	d.cmd = exec.Command(filepath.Join(BinDir(t), "sigild"), "start", "--data-dir", dataDir, "--listen", "127.0.0.1:0")
+	args := []string{"start", "--data-dir", dataDir, "--listen", "127.0.0.1:0"}
+	if configPath != "" {
+		args = append(args, "--config", configPath)
+	}
+	d.cmd = exec.Command(filepath.Join(BinDir(t), "sigild"), args...)
 	d.cmd.Stdout = d.stdout
 	d.cmd.Stderr = d.stderr
 	if err := d.cmd.Start(); err != nil {
