@@ -6,12 +6,13 @@ set -euo pipefail
 
 # One dependency a line: "<package(s) to install>|<shell test that passes when present>".
 # Add servers here as the suite grows, e.g.:
-#   mariadb-server|command -v mariadbd
 #   openssh-server|test -x /usr/sbin/sshd
 #   chromium|command -v chromium
 DEPS='
 postgresql|compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null
 postgresql-client|command -v psql >/dev/null
+mariadb-server|command -v mariadbd >/dev/null || test -x /usr/sbin/mariadbd
+mariadb-client|command -v mariadb >/dev/null
 '
 
 missing=()

@@ -26,6 +26,8 @@ import (
 	"github.com/sigilhq/sigil/audit"
 	auditbadger "github.com/sigilhq/sigil/audit/store/badger"
 	"github.com/sigilhq/sigil/gateway/mux"
+	"github.com/sigilhq/sigil/gateway/postgres"
+	"github.com/sigilhq/sigil/gateway/session"
 	"github.com/sigilhq/sigil/identity/ca"
 	"github.com/sigilhq/sigil/identity/certid"
 	"github.com/sigilhq/sigil/services/apiserver"
@@ -180,6 +182,10 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer, ve
 		ln.Close()
 		return nil, trace.Wrap(err)
 	}
+	if err := d.registerPostgres(store, lockSvc); err != nil {
+		ln.Close()
+		return nil, trace.Wrap(err)
+	}
 	webLn := mux.NewConnListener(d.addr)
 	d.mux.HandleALPN([]string{"h2", "http/1.1"}, webLn.Handler())
 	d.mux.HandleDefaultTLS(webLn.Handler())
@@ -217,6 +223,21 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer, ve
 	fmt.Fprintf(out, "Sigil gateway listening on %s\nGateway CA fingerprint: %s\nData dir: %s\n",
 		d.addr, client.Fingerprint(d.authority.Certificate(ca.TLSCA).Raw), cfg.DataDir)
 	return d, nil
+}
+
+// registerPostgres routes PostgreSQL clients on the gateway port to the
+// PostgreSQL engine.
+func (d *Daemon) registerPostgres(store *resources.Store, lockSvc *locks.Service) error {
+	sessions, err := session.New(session.Config{Authority: d.authority, Resources: store, Locks: lockSvc, Emitter: d.emitter, Logger: d.log})
+	if err != nil {
+		return trace.Wrap(err)
+	}
+	pg, err := postgres.New(postgres.Config{Sessions: sessions, GetCertificate: d.serverTLSConfig().GetCertificate, Logger: d.log})
+	if err != nil {
+		return trace.Wrap(err)
+	}
+	pg.Register(d.mux)
+	return nil
 }
 
 func httpProtocols() *http.Protocols {

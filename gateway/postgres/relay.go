@@ -1,0 +1,611 @@
+package postgres
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"unicode/utf8"
+
+	"github.com/gravitational/trace"
+
+	"github.com/sigilhq/sigil/audit"
+	"github.com/sigilhq/sigil/gateway/sqlpolicy"
+)
+
+const (
+	// serverChunk is the buffer server bytes are copied through.
+	serverChunk = 64 << 10
+	// maxTracked bounds the prepared statements and portals remembered per
+	// connection for audit; beyond it, executions are still relayed and
+	// recorded, only without their text.
+	maxTracked = 10000
+	// Parameter bounds for db.query events.
+	maxAuditParams     = audit.MaxParameters
+	maxAuditParamBytes = audit.MaxParameterBytes
+)
+
+// policy is what the relay enforces on statements.
+type policy struct {
+	// granted is read, write or admin.
+	granted string
+	// role is the role that granted it, named in refusals.
+	role string
+	// writeApproval refuses writes: each needs a human approval.
+	writeApproval bool
+}
+
+// relayConfig configures a relay.
+type relayConfig struct {
+	policy   policy
+	classify func(string) sqlpolicy.Result
+	// emit records an audit event (db.query, db.denied); it must not block
+	// on storage for db.query.
+	emit func(*audit.Event)
+}
+
+type prepared struct {
+	text string
+	res  sqlpolicy.Result
+}
+
+type portal struct {
+	stmt   *prepared
+	params []string
+}
+
+// injection is an ErrorResponse to write to the client just before the
+// server's ReadyForQuery number before.
+type injection struct {
+	before uint64
+	data   []byte
+}
+
+// relay moves one session's protocol messages between client and server.
+type relay struct {
+	cfg relayConfig
+
+	// Client → server, owned by the client goroutine.
+	cr          *bufio.Reader
+	uw          *bufio.Writer
+	body        []byte
+	rfqExpected uint64
+	discarding  bool
+	denial      []byte
+	stmts       map[string]*prepared
+	portals     map[string]*portal
+
+	// Server → client.
+	cw         io.Writer
+	wmu        sync.Mutex
+	midMessage bool
+	hdr        [5]byte
+	hdrN       int
+	remaining  int
+	rfqSeen    uint64
+	inject     []injection
+
+	bytesIn    atomic.Int64
+	bytesOut   atomic.Int64
+	statements atomic.Int64
+}
+
+func newRelay(cfg relayConfig, cr *bufio.Reader, uw *bufio.Writer, cw io.Writer) *relay {
+	return &relay{
+		cfg:     cfg,
+		cr:      cr,
+		uw:      uw,
+		cw:      cw,
+		stmts:   make(map[string]*prepared),
+		portals: make(map[string]*portal),
+	}
+}
+
+// errTerminated is returned by the client loop after a Terminate message.
+var errTerminated = fmt.Errorf("client terminated the session")
+
+// clientError is a refusal that ends the connection with a FATAL error.
+type clientError struct {
+	code, msg string
+}
+
+func (e *clientError) Error() string { return e.msg }
+
+// clientLoop relays client messages until the client leaves or an error.
+func (r *relay) clientLoop(ctx context.Context) error {
+	var hdr [5]byte
+	for {
+		// Coalesce pipelined messages into one upstream write, flushing
+		// whenever the client has nothing more buffered.
+		if r.cr.Buffered() == 0 {
+			if err := r.uw.Flush(); err != nil {
+				return trace.Wrap(err)
+			}
+		}
+		if _, err := io.ReadFull(r.cr, hdr[:]); err != nil {
+			if err == io.EOF {
+				return nil
+			}
+			return trace.Wrap(err)
+		}
+		length := int(binary.BigEndian.Uint32(hdr[1:5]))
+		if length < 4 || length > maxMessageLen {
+			return &clientError{code: codeProtocolViolation, msg: fmt.Sprintf("sigil: invalid message length %d", length)}
+		}
+		n := length - 4
+		r.bytesIn.Add(int64(length + 1))
+		typ := hdr[0]
+		if err := r.handle(ctx, typ, hdr[:], n); err != nil {
+			return err
+		}
+		if cap(r.body) > 1<<20 {
+			// Do not keep a huge statement's buffer for the whole session.
+			r.body = nil
+		}
+	}
+}
+
+// readBody reads an n-byte body into the reusable buffer. The buffer
+// grows with the bytes actually received, so a client announcing a large
+// message costs memory only once it sends it.
+func (r *relay) readBody(n int) ([]byte, error) {
+	if cap(r.body) >= n {
+		b := r.body[:n]
+		if _, err := io.ReadFull(r.cr, b); err != nil {
+			return nil, trace.Wrap(err)
+		}
+		return b, nil
+	}
+	b := r.body[:0]
+	for len(b) < n {
+		if len(b) == cap(b) {
+			b = slices.Grow(b, min(n-len(b), max(cap(b), 4096)))
+		}
+		m, err := io.ReadFull(r.cr, b[len(b):min(n, cap(b))])
+		b = b[:len(b)+m]
+		if err != nil {
+			return nil, trace.Wrap(err)
+		}
+	}
+	r.body = b
+	return b, nil
+}
+
+// forward writes a buffered frame upstream unchanged.
+func (r *relay) forward(hdr, body []byte) error {
+	if _, err := r.uw.Write(hdr); err != nil {
+		return trace.Wrap(err)
+	}
+	_, err := r.uw.Write(body)
+	return trace.Wrap(err)
+}
+
+// stream forwards (or with discard, drops) a frame whose body is not
+// inspected, without buffering it whole.
+func (r *relay) stream(hdr []byte, n int, discard bool) error {
+	if discard {
+		_, err := r.cr.Discard(n)
+		return trace.Wrap(err)
+	}
+	if _, err := r.uw.Write(hdr); err != nil {
+		return trace.Wrap(err)
+	}
+	_, err := io.CopyN(r.uw, r.cr, int64(n))
+	return trace.Wrap(err)
+}
+
+func (r *relay) handle(ctx context.Context, typ byte, hdr []byte, n int) error {
+	switch typ {
+	case 'S': // Sync
+		if err := r.stream(hdr, n, false); err != nil {
+			return err
+		}
+		r.rfqExpected++
+		if r.discarding {
+			r.discarding = false
+			r.queueInjection(r.denial)
+			r.denial = nil
+		}
+		return nil
+	case 'X': // Terminate
+		if err := r.stream(hdr, n, false); err != nil {
+			return err
+		}
+		if err := r.uw.Flush(); err != nil {
+			return trace.Wrap(err)
+		}
+		return errTerminated
+	}
+	if r.discarding {
+		// After a refusal in the extended protocol everything up to Sync
+		// is dropped, as the server itself does after an error.
+		return r.stream(hdr, n, true)
+	}
+	switch typ {
+	case 'Q', 'P':
+		if n > maxStatementLen {
+			return &clientError{code: codeProgramLimit, msg: fmt.Sprintf("sigil: statement of %d bytes exceeds the gateway's %d byte limit", n, maxStatementLen)}
+		}
+		body, err := r.readBody(n)
+		if err != nil {
+			return err
+		}
+		if typ == 'Q' {
+			return r.query(ctx, hdr, body)
+		}
+		return r.parse(ctx, hdr, body)
+	case 'B', 'E', 'C':
+		if n > maxBufferedLen {
+			// Only a Bind with huge parameters gets here; it is relayed
+			// without its parameters being recorded.
+			if typ == 'B' {
+				r.bindUnrecorded(n)
+			}
+			return r.stream(hdr, n, false)
+		}
+		body, err := r.readBody(n)
+		if err != nil {
+			return err
+		}
+		switch typ {
+		case 'B':
+			r.bind(body)
+		case 'E':
+			r.execute(ctx, body)
+		case 'C':
+			r.close(body)
+		}
+		return r.forward(hdr, body)
+	case 'F': // FunctionCall: calls any function by OID, unclassifiable.
+		res := sqlpolicy.Result{Class: sqlpolicy.ClassUnknown, Reason: "a fast-path function call"}
+		if msg, ok := r.allowed(res); !ok {
+			if _, err := r.cr.Discard(n); err != nil {
+				return trace.Wrap(err)
+			}
+			r.deny(ctx, "", res, msg, "function_call")
+			return r.simpleDenial(msg)
+		}
+		if err := r.stream(hdr, n, false); err != nil {
+			return err
+		}
+		r.rfqExpected++
+		r.statements.Add(1)
+		r.cfg.emit(&audit.Event{Type: audit.EventDBQuery, Success: true, Statement: "<fast-path function call>", Classification: string(res.Class), Details: map[string]string{"protocol": "function_call"}})
+		return nil
+	default:
+		return r.stream(hdr, n, false)
+	}
+}
+
+// allowed applies the session's policy to a classification.
+func (r *relay) allowed(res sqlpolicy.Result) (string, bool) {
+	p := r.cfg.policy
+	reason := res.Reason
+	if reason == "" {
+		reason = "the statement"
+	}
+	if !sqlpolicy.Allowed(p.granted, res) {
+		if res.Class == sqlpolicy.ClassUnknown || res.Class == "" {
+			return fmt.Sprintf("sigil: statement refused: %s cannot be classified, so it needs statements: admin; role %q grants %s", reason, p.role, p.granted), false
+		}
+		return fmt.Sprintf("sigil: statement refused: %s is %s %s statement; role %q grants %s", reason, article(string(res.Class)), res.Class, p.role, p.granted), false
+	}
+	if p.writeApproval && (res.Class == sqlpolicy.ClassWrite || res.Class == sqlpolicy.ClassAdmin) {
+		return fmt.Sprintf("sigil: statement refused: %s is %s %s statement and role %q requires a human approval for each write", reason, article(string(res.Class)), res.Class, p.role), false
+	}
+	return "", true
+}
+
+func article(s string) string {
+	if s != "" && strings.ContainsRune("aeiou", rune(s[0])) {
+		return "an"
+	}
+	return "a"
+}
+
+// deny records a refused statement.
+func (r *relay) deny(ctx context.Context, text string, res sqlpolicy.Result, msg, proto string) {
+	r.cfg.emit(&audit.Event{
+		Type:           audit.EventDBDenied,
+		Statement:      validUTF8(text),
+		Classification: string(res.Class),
+		Error:          msg,
+		Details:        map[string]string{"protocol": proto, "reason": res.Reason},
+	})
+}
+
+// simpleDenial answers a refused simple-protocol message: the server gets
+// a Sync instead, so that the client receives the refusal followed by the
+// server's own ReadyForQuery, in order after any response still pending.
+func (r *relay) simpleDenial(msg string) error {
+	r.rfqExpected++
+	r.queueInjection(errorResponse("ERROR", codeInsufficientPriv, msg))
+	_, err := r.uw.Write(syncMessage)
+	return trace.Wrap(err)
+}
+
+func (r *relay) queueInjection(data []byte) {
+	r.wmu.Lock()
+	r.inject = append(r.inject, injection{before: r.rfqExpected, data: data})
+	r.wmu.Unlock()
+}
+
+func (r *relay) query(ctx context.Context, hdr, body []byte) error {
+	text, _, err := cstring(body)
+	if err != nil {
+		return &clientError{code: codeProtocolViolation, msg: "sigil: malformed Query message"}
+	}
+	res := r.cfg.classify(text)
+	if msg, ok := r.allowed(res); !ok {
+		r.deny(ctx, text, res, msg, "simple")
+		return r.simpleDenial(msg)
+	}
+	if err := r.forward(hdr, body); err != nil {
+		return err
+	}
+	r.rfqExpected++
+	r.statements.Add(1)
+	r.cfg.emit(&audit.Event{
+		Type:           audit.EventDBQuery,
+		Success:        true,
+		Statement:      validUTF8(text),
+		Classification: string(res.Class),
+		Details:        map[string]string{"protocol": "simple"},
+	})
+	return nil
+}
+
+func (r *relay) parse(ctx context.Context, hdr, body []byte) error {
+	name, rest, err := cstring(body)
+	if err != nil {
+		return &clientError{code: codeProtocolViolation, msg: "sigil: malformed Parse message"}
+	}
+	text, _, err := cstring(rest)
+	if err != nil {
+		return &clientError{code: codeProtocolViolation, msg: "sigil: malformed Parse message"}
+	}
+	res := r.cfg.classify(text)
+	if msg, ok := r.allowed(res); !ok {
+		r.deny(ctx, text, res, msg, "extended")
+		r.discarding = true
+		r.denial = errorResponse("ERROR", codeInsufficientPriv, msg)
+		return nil
+	}
+	if _, ok := r.stmts[name]; ok || len(r.stmts) < maxTracked {
+		r.stmts[name] = &prepared{text: validUTF8(text), res: res}
+	}
+	return r.forward(hdr, body)
+}
+
+func (r *relay) bind(body []byte) {
+	portalName, rest, err := cstring(body)
+	if err != nil {
+		return
+	}
+	stmtName, rest, err := cstring(rest)
+	if err != nil {
+		return
+	}
+	stmt := r.stmts[stmtName]
+	if _, ok := r.portals[portalName]; !ok && len(r.portals) >= maxTracked {
+		return
+	}
+	r.portals[portalName] = &portal{stmt: stmt, params: bindParams(rest)}
+}
+
+// bindUnrecorded tracks a Bind too large to buffer: its portal and
+// statement names are read from the buffered head of the message.
+func (r *relay) bindUnrecorded(n int) {
+	head, _ := r.cr.Peek(min(n, 4096))
+	portalName, rest, err := cstring(head)
+	if err != nil {
+		return
+	}
+	stmtName, _, err := cstring(rest)
+	if err != nil {
+		return
+	}
+	if _, ok := r.portals[portalName]; !ok && len(r.portals) >= maxTracked {
+		return
+	}
+	r.portals[portalName] = &portal{stmt: r.stmts[stmtName], params: []string{fmt.Sprintf("…[parameters not recorded: Bind message of %d bytes]", n)}}
+}
+
+// bindParams renders Bind parameters for the audit log: text as is, binary
+// as hex, each bounded, at most maxAuditParams. Malformed input yields what
+// could be read; the server rejects the message itself.
+func bindParams(b []byte) []string {
+	if len(b) < 2 {
+		return nil
+	}
+	nf := int(binary.BigEndian.Uint16(b))
+	b = b[2:]
+	if len(b) < 2*nf {
+		return nil
+	}
+	formats := b[:2*nf]
+	b = b[2*nf:]
+	if len(b) < 2 {
+		return nil
+	}
+	np := int(binary.BigEndian.Uint16(b))
+	b = b[2:]
+	out := make([]string, 0, min(np, maxAuditParams+1))
+	for i := 0; i < np; i++ {
+		if len(out) == maxAuditParams {
+			out = append(out, fmt.Sprintf("…[%d more parameters]", np-i))
+			break
+		}
+		if len(b) < 4 {
+			break
+		}
+		l := int32(binary.BigEndian.Uint32(b))
+		b = b[4:]
+		if l < 0 {
+			out = append(out, "NULL")
+			continue
+		}
+		if int(l) > len(b) {
+			break
+		}
+		v := b[:l]
+		b = b[l:]
+		binaryFormat := false
+		switch {
+		case nf == 1:
+			binaryFormat = binary.BigEndian.Uint16(formats) == 1
+		case nf > i:
+			binaryFormat = binary.BigEndian.Uint16(formats[2*i:]) == 1
+		}
+		out = append(out, renderParam(v, binaryFormat))
+	}
+	return out
+}
+
+func renderParam(v []byte, binaryFormat bool) string {
+	const suffix = "…[truncated]"
+	if binaryFormat || !utf8.Valid(v) {
+		limit := (maxAuditParamBytes - 2) / 2
+		if len(v) > limit {
+			return `\x` + hex.EncodeToString(v[:limit-len(suffix)/2]) + suffix
+		}
+		return `\x` + hex.EncodeToString(v)
+	}
+	if len(v) > maxAuditParamBytes {
+		cut := maxAuditParamBytes - len(suffix)
+		for cut > 0 && !utf8.RuneStart(v[cut]) {
+			cut--
+		}
+		return string(v[:cut]) + suffix
+	}
+	return string(v)
+}
+
+func (r *relay) execute(ctx context.Context, body []byte) {
+	name, _, err := cstring(body)
+	if err != nil {
+		return
+	}
+	r.statements.Add(1)
+	ev := &audit.Event{Type: audit.EventDBQuery, Success: true, Details: map[string]string{"protocol": "extended"}}
+	if p := r.portals[name]; p != nil {
+		ev.Parameters = p.params
+		if p.stmt != nil {
+			ev.Statement = p.stmt.text
+			ev.Classification = string(p.stmt.res.Class)
+		}
+	}
+	if ev.Statement == "" && ev.Classification == "" {
+		ev.Statement = "<statement not tracked>"
+	}
+	r.cfg.emit(ev)
+}
+
+func (r *relay) close(body []byte) {
+	if len(body) < 2 {
+		return
+	}
+	name, _, err := cstring(body[1:])
+	if err != nil {
+		return
+	}
+	switch body[0] {
+	case 'S':
+		delete(r.stmts, name)
+	case 'P':
+		delete(r.portals, name)
+	}
+}
+
+// serverChunk copies b to the client, inserting queued refusals at
+// message boundaries just before the ReadyForQuery they belong to.
+func (r *relay) writeServer(b []byte) error {
+	r.bytesOut.Add(int64(len(b)))
+	r.wmu.Lock()
+	defer r.wmu.Unlock()
+	start, i := 0, 0
+	for i < len(b) {
+		if r.remaining > 0 {
+			k := min(r.remaining, len(b)-i)
+			i += k
+			r.remaining -= k
+			continue
+		}
+		if r.hdrN == 0 && b[i] == 'Z' {
+			next := r.rfqSeen + 1
+			for len(r.inject) > 0 && r.inject[0].before <= next {
+				if _, err := r.cw.Write(b[start:i]); err != nil {
+					return trace.Wrap(err)
+				}
+				start = i
+				if _, err := r.cw.Write(r.inject[0].data); err != nil {
+					return trace.Wrap(err)
+				}
+				r.inject = r.inject[1:]
+			}
+			r.rfqSeen = next
+		}
+		r.hdr[r.hdrN] = b[i]
+		r.hdrN++
+		i++
+		if r.hdrN == len(r.hdr) {
+			l := int(binary.BigEndian.Uint32(r.hdr[1:5]))
+			if l < 4 {
+				return trace.BadParameter("server sent a message of invalid length %d", l)
+			}
+			r.remaining = l - 4
+			r.hdrN = 0
+		}
+	}
+	r.midMessage = r.hdrN != 0 || r.remaining > 0
+	if start < len(b) {
+		if _, err := r.cw.Write(b[start:]); err != nil {
+			return trace.Wrap(err)
+		}
+	}
+	return nil
+}
+
+// serverLoop copies server bytes to the client until an error.
+func (r *relay) serverLoop(src io.Reader) error {
+	buf := make([]byte, serverChunk)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			if werr := r.writeServer(buf[:n]); werr != nil {
+				return werr
+			}
+		}
+		if err != nil {
+			if err == io.EOF {
+				return nil
+			}
+			return trace.Wrap(err)
+		}
+	}
+}
+
+// writeFatal sends a FATAL error to the client if no server message is
+// half written (a partial message would corrupt the stream).
+func (r *relay) writeFatal(code, msg string) {
+	r.wmu.Lock()
+	defer r.wmu.Unlock()
+	if r.midMessage {
+		return
+	}
+	_, _ = r.cw.Write(errorResponse("FATAL", code, msg))
+	r.midMessage = true
+}
+
+func validUTF8(s string) string {
+	if utf8.ValidString(s) {
+		return s
+	}
+	return strings.ToValidUTF8(s, "\uFFFD")
+}

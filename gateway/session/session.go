@@ -1,0 +1,408 @@
+package session
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/gravitational/trace"
+
+	"github.com/sigilhq/sigil/api/types"
+	"github.com/sigilhq/sigil/audit"
+	"github.com/sigilhq/sigil/identity/ca"
+	"github.com/sigilhq/sigil/identity/certid"
+	"github.com/sigilhq/sigil/identity/policy"
+	"github.com/sigilhq/sigil/services/locks"
+	"github.com/sigilhq/sigil/services/resources"
+	"github.com/sigilhq/sigil/services/roles"
+)
+
+const (
+	// DefaultLockRecheck is the fallback interval at which a live session
+	// re-checks locks even without a change notification, so that a lock
+	// ends it within a second whatever happens to the watch.
+	DefaultLockRecheck = 500 * time.Millisecond
+	// DefaultUpstreamCertTTL is the lifetime of the certificates the
+	// gateway presents to databases.
+	DefaultUpstreamCertTTL = time.Hour
+)
+
+// Config configures a Manager.
+type Config struct {
+	// Authority verifies client certificates (user CA) and signs the
+	// upstream database certificates (DB CA).
+	Authority *ca.Authority
+	// Resources holds databases and roles.
+	Resources *resources.Store
+	// Locks is checked at start and watched for the life of each session.
+	Locks *locks.Service
+	// Emitter records the session events.
+	Emitter audit.Emitter
+	// Clock defaults to time.Now.
+	Clock func() time.Time
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// LockRecheck defaults to DefaultLockRecheck.
+	LockRecheck time.Duration
+	// UpstreamCertTTL defaults to DefaultUpstreamCertTTL.
+	UpstreamCertTTL time.Duration
+}
+
+// CheckAndSetDefaults validates the config and fills defaults.
+func (c *Config) CheckAndSetDefaults() error {
+	switch {
+	case c.Authority == nil:
+		return trace.BadParameter("session: missing Authority")
+	case c.Resources == nil:
+		return trace.BadParameter("session: missing Resources")
+	case c.Locks == nil:
+		return trace.BadParameter("session: missing Locks")
+	case c.Emitter == nil:
+		return trace.BadParameter("session: missing Emitter")
+	case c.LockRecheck < 0 || c.UpstreamCertTTL < 0:
+		return trace.BadParameter("session: intervals must not be negative")
+	}
+	if c.Clock == nil {
+		c.Clock = time.Now
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.LockRecheck == 0 {
+		c.LockRecheck = DefaultLockRecheck
+	}
+	if c.UpstreamCertTTL == 0 {
+		c.UpstreamCertTTL = DefaultUpstreamCertTTL
+	}
+	return nil
+}
+
+// Manager starts sessions.
+type Manager struct {
+	cfg   Config
+	log   *slog.Logger
+	certs *certCache
+}
+
+// New returns a Manager.
+func New(cfg Config) (*Manager, error) {
+	if err := cfg.CheckAndSetDefaults(); err != nil {
+		return nil, trace.Wrap(err)
+	}
+	return &Manager{
+		cfg:   cfg,
+		log:   cfg.Logger.With("component", "session"),
+		certs: newCertCache(cfg.Authority, cfg.UpstreamCertTTL, cfg.Clock),
+	}, nil
+}
+
+// UserCAPool is the pool client certificates must chain to; engines hand
+// it to their TLS handshake as ClientCAs.
+func (m *Manager) UserCAPool() *x509.CertPool { return m.cfg.Authority.CertPool(ca.UserCA) }
+
+// RouteRequest is what the client asked for in its protocol handshake (for
+// PostgreSQL the StartupMessage's user and database). Empty fields take the
+// certificate's route.
+type RouteRequest struct {
+	DBUser string
+	DBName string
+}
+
+// WhoError refuses a client for who it is: identity, route, lock or
+// policy. Engines map it to their protocol's authentication failure
+// (PostgreSQL SQLSTATE 28000); Message is safe to show to the client.
+type WhoError struct {
+	Message string
+	Err     error
+}
+
+func (e *WhoError) Error() string { return e.Message }
+func (e *WhoError) Unwrap() error { return e.Err }
+
+// IsWhoError reports whether err refuses the client for who it is.
+func IsWhoError(err error) bool {
+	var w *WhoError
+	return errors.As(err, &w)
+}
+
+// Message returns the client-facing text of err: the WhoError message when
+// there is one, otherwise the error text without trace's debug details.
+func Message(err error) string {
+	var w *WhoError
+	if errors.As(err, &w) {
+		return w.Message
+	}
+	return trace.UserMessage(err)
+}
+
+func who(err error, format string, args ...any) error {
+	msg := fmt.Sprintf(format, args...)
+	if err != nil {
+		msg = msg + ": " + trace.UserMessage(err)
+	}
+	return &WhoError{Message: msg, Err: err}
+}
+
+// Stats is what a protocol engine counted over a session.
+type Stats struct {
+	// BytesIn is what the client sent, BytesOut what it received.
+	BytesIn    int64
+	BytesOut   int64
+	Statements int64
+	// Err is why the session ended, nil for a normal close.
+	Err error
+}
+
+// Session is one authenticated, authorized client connection to a
+// resource.
+type Session struct {
+	// ID is a fresh UUID that every event of the session carries.
+	ID         string
+	Identity   *certid.Identity
+	Database   *types.Database
+	DBUser     string
+	DBName     string
+	Decision   *policy.DatabaseDecision
+	ClientAddr string
+	Protocol   string
+	Started    time.Time
+
+	m       *Manager
+	done    chan struct{}
+	errMu   sync.Mutex
+	err     error
+	stop    context.CancelFunc
+	ended   atomic.Bool
+	auditID *audit.Identity
+}
+
+// Start authenticates and authorizes a client from its verified TLS peer
+// certificates, records the durable db.session.start and starts watching
+// locks. A refusal for who the client is comes back as *WhoError.
+func (m *Manager) Start(ctx context.Context, peerCerts []*x509.Certificate, clientAddr, proto string, req RouteRequest) (*Session, error) {
+	if len(peerCerts) == 0 {
+		return nil, who(nil, "no client certificate: run \"sigil db login NAME\" and connect with its certificate")
+	}
+	id, err := certid.Verify(peerCerts[0], peerCerts[1:], m.UserCAPool(), m.cfg.Clock())
+	if err != nil {
+		return nil, who(err, "certificate refused")
+	}
+	s, err := m.authorize(ctx, id, clientAddr, proto, req)
+	if err != nil {
+		if IsWhoError(err) {
+			m.emitDenied(ctx, id, clientAddr, proto, err)
+		}
+		return nil, err
+	}
+	start := &audit.Event{
+		Type:    audit.EventDBSessionStart,
+		Success: true,
+		Details: map[string]string{
+			"protocol":   proto,
+			"statements": s.Decision.Statements,
+			"role":       s.Decision.Role,
+		},
+	}
+	if err := s.Emit(ctx, start); err != nil {
+		m.log.ErrorContext(ctx, "Refusing session: audit log unavailable.", "user", id.Name, "error", err)
+		return nil, trace.ConnectionProblem(err, "the audit log is unavailable, so no session can start; try again later or ask an admin to check sigild")
+	}
+	watchCtx, cancel := context.WithCancel(context.Background())
+	s.stop = cancel
+	go s.watchLocks(watchCtx)
+	return s, nil
+}
+
+// emitDenied records a refused connection; the refusal stands whether or
+// not the event could be stored.
+func (m *Manager) emitDenied(ctx context.Context, id *certid.Identity, clientAddr, proto string, refusal error) {
+	ev := &audit.Event{
+		Type:       audit.EventDBDenied,
+		Identity:   AuditIdentity(id),
+		Resource:   &audit.Resource{Kind: types.KindDatabase, Name: id.Route.ResourceName, DbUser: id.Route.DBUser, DbName: id.Route.DBName},
+		ClientAddr: clientAddr,
+		Error:      Message(refusal),
+		Details:    map[string]string{"protocol": proto},
+	}
+	if err := m.cfg.Emitter.Emit(ctx, ev); err != nil {
+		m.log.WarnContext(ctx, "Recording a refused connection failed.", "user", id.Name, "error", err)
+	}
+}
+
+// authorize checks the route, locks and policy for a verified identity.
+func (m *Manager) authorize(ctx context.Context, id *certid.Identity, clientAddr, proto string, req RouteRequest) (*Session, error) {
+	route := id.Route
+	if route.ResourceKind != types.KindDatabase || route.ResourceName == "" {
+		return nil, who(nil, "this certificate is not for a database; run \"sigil db login NAME\"")
+	}
+	if req.DBUser != "" && req.DBUser != route.DBUser {
+		return nil, who(nil, "this certificate is for db user %q, not %q; run \"sigil db login %s --db-user %s\"", route.DBUser, req.DBUser, route.ResourceName, req.DBUser)
+	}
+	if req.DBName != "" && route.DBName != "" && req.DBName != route.DBName {
+		return nil, who(nil, "this certificate is for database name %q, not %q; run \"sigil db login %s --db-name %s\"", route.DBName, req.DBName, route.ResourceName, req.DBName)
+	}
+	dbName := route.DBName
+	if dbName == "" {
+		dbName = req.DBName
+	}
+	if route.DBUser == "" {
+		return nil, who(nil, "this certificate names no db user; run \"sigil db login %s --db-user USER\"", route.ResourceName)
+	}
+	db, err := resources.Get[*types.Database](ctx, m.cfg.Resources, types.KindDatabase, route.ResourceName)
+	if trace.IsNotFound(err) {
+		return nil, who(nil, "database %q is not registered with Sigil", route.ResourceName)
+	}
+	if err != nil {
+		return nil, trace.Wrap(err, "loading database %q", route.ResourceName)
+	}
+	if err := m.checkLocks(ctx, id); err != nil {
+		return nil, err
+	}
+	checker, err := roles.Checker(ctx, m.cfg.Resources, id.Roles, id.Traits, string(id.Kind))
+	if err != nil {
+		if trace.IsNotFound(err) || trace.IsBadParameter(err) {
+			return nil, who(err, "evaluating the roles of %q", id.Name)
+		}
+		return nil, trace.Wrap(err)
+	}
+	dec, err := checker.CheckDatabase(db, route.DBUser, dbName)
+	if err != nil {
+		if trace.IsAccessDenied(err) {
+			return nil, &WhoError{Message: trace.UserMessage(err), Err: err}
+		}
+		return nil, trace.Wrap(err)
+	}
+	s := &Session{
+		ID:         uuid.NewString(),
+		Identity:   id,
+		Database:   db,
+		DBUser:     route.DBUser,
+		DBName:     dbName,
+		Decision:   dec,
+		ClientAddr: clientAddr,
+		Protocol:   proto,
+		Started:    m.cfg.Clock(),
+		m:          m,
+		done:       make(chan struct{}),
+		auditID:    AuditIdentity(id),
+	}
+	return s, nil
+}
+
+// checkLocks refuses an identity under a lock; an agent is also refused
+// when the human it acts for is locked.
+func (m *Manager) checkLocks(ctx context.Context, id *certid.Identity) error {
+	err := m.cfg.Locks.Check(ctx, id.Name, string(id.Kind), id.Roles)
+	if err == nil && id.OnBehalfOf != "" {
+		err = m.cfg.Locks.Check(ctx, id.OnBehalfOf, types.IdentityKindHuman, nil)
+	}
+	switch {
+	case err == nil:
+		return nil
+	case trace.IsAccessDenied(err):
+		return &WhoError{Message: trace.UserMessage(err), Err: err}
+	default:
+		return trace.Wrap(err, "checking locks")
+	}
+}
+
+// AuditIdentity converts a certificate identity for audit events.
+func AuditIdentity(id *certid.Identity) *audit.Identity {
+	return &audit.Identity{
+		User:       id.Name,
+		Kind:       string(id.Kind),
+		Roles:      id.Roles,
+		OnBehalfOf: id.OnBehalfOf,
+		Requests:   id.AccessRequests,
+		MfaDevice:  id.MFADevice,
+		CertSerial: id.Serial,
+	}
+}
+
+// Emit records ev stamped with the session id, identity, resource and
+// client address. Durable types (see audit.IsDurable) wait for the fsync.
+func (s *Session) Emit(ctx context.Context, ev *audit.Event) error {
+	ev.SessionId = s.ID
+	ev.Identity = s.auditID
+	ev.Resource = &audit.Resource{Kind: types.KindDatabase, Name: s.Database.Metadata.Name, DbUser: s.DBUser, DbName: s.DBName}
+	ev.ClientAddr = s.ClientAddr
+	return trace.Wrap(s.m.cfg.Emitter.Emit(ctx, ev))
+}
+
+// Done is closed when the session must end because a lock now matches
+// its identity; Err says which.
+func (s *Session) Done() <-chan struct{} { return s.done }
+
+// Err is why Done was closed, nil before.
+func (s *Session) Err() error {
+	s.errMu.Lock()
+	defer s.errMu.Unlock()
+	return s.err
+}
+
+func (s *Session) terminate(err error) {
+	s.errMu.Lock()
+	defer s.errMu.Unlock()
+	if s.err != nil {
+		return
+	}
+	s.err = err
+	close(s.done)
+}
+
+func (s *Session) watchLocks(ctx context.Context) {
+	changes := s.m.cfg.Locks.Changes(ctx)
+	tick := time.NewTicker(s.m.cfg.LockRecheck)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case _, ok := <-changes:
+			if !ok {
+				changes = nil
+			}
+		case <-tick.C:
+		}
+		err := s.m.checkLocks(ctx, s.Identity)
+		switch {
+		case err == nil:
+		case IsWhoError(err):
+			s.terminate(err)
+			return
+		case ctx.Err() == nil:
+			s.m.log.WarnContext(ctx, "Re-checking locks failed; will retry.", "session_id", s.ID, "error", err)
+		}
+	}
+}
+
+// End stops the lock watch and records db.session.end; it is safe to call
+// more than once (only the first records).
+func (s *Session) End(ctx context.Context, st Stats) error {
+	if !s.ended.CompareAndSwap(false, true) {
+		return nil
+	}
+	if s.stop != nil {
+		s.stop()
+	}
+	ev := &audit.Event{
+		Type:    audit.EventDBSessionEnd,
+		Success: st.Err == nil,
+		Details: map[string]string{
+			"duration":   s.m.cfg.Clock().Sub(s.Started).Round(time.Millisecond).String(),
+			"bytes_in":   fmt.Sprint(st.BytesIn),
+			"bytes_out":  fmt.Sprint(st.BytesOut),
+			"statements": fmt.Sprint(st.Statements),
+		},
+	}
+	if st.Err != nil {
+		ev.Error = Message(st.Err)
+	}
+	return trace.Wrap(s.Emit(ctx, ev))
+}
