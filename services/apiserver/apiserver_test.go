@@ -122,6 +122,7 @@ func newEnv(t *testing.T, opts ...envOption) *testEnv {
 		Users:       userSvc,
 		Locks:       lockSvc,
 		Emitter:     emitter,
+		AuditStore:  auditStore,
 		Limiter:     limiter,
 		ClusterName: "test.sigil",
 		PublicAddr:  "sigil.example.com:3443",

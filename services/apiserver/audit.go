@@ -154,6 +154,11 @@ func (h *auditService) Watch(ctx context.Context, req *connect.Request[sigilv1.W
 	st := s.cfg.AuditStore
 	notify := st.Notify(ctx)
 	next := st.LastSeq() + 1
+	// An empty first message tells the client the watch is live (and gets
+	// the response headers out, so the client's call returns at once).
+	if err := stream.Send(&sigilv1.WatchAuditResponse{}); err != nil {
+		return err
+	}
 	for {
 		for {
 			events, err := st.Range(ctx, next, exportBatch)

@@ -50,7 +50,8 @@ type AuditServiceClient interface {
 	// Export streams events in sequence order from from_seq (for verify,
 	// export and SIEM catch-up), with the checkpoint first when one exists.
 	Export(context.Context, *connect.Request[v1.ExportAuditRequest]) (*connect.ServerStreamForClient[v1.ExportAuditResponse], error)
-	// Watch streams new events as they are stored.
+	// Watch streams new events as they are stored. The first message has no
+	// event: it says the watch is live.
 	Watch(context.Context, *connect.Request[v1.WatchAuditRequest]) (*connect.ServerStreamForClient[v1.WatchAuditResponse], error)
 	// PublicKey returns the audit checkpoint signing key (Ed25519, raw 32 bytes).
 	PublicKey(context.Context, *connect.Request[v1.AuditPublicKeyRequest]) (*connect.Response[v1.AuditPublicKeyResponse], error)
@@ -129,7 +130,8 @@ type AuditServiceHandler interface {
 	// Export streams events in sequence order from from_seq (for verify,
 	// export and SIEM catch-up), with the checkpoint first when one exists.
 	Export(context.Context, *connect.Request[v1.ExportAuditRequest], *connect.ServerStream[v1.ExportAuditResponse]) error
-	// Watch streams new events as they are stored.
+	// Watch streams new events as they are stored. The first message has no
+	// event: it says the watch is live.
 	Watch(context.Context, *connect.Request[v1.WatchAuditRequest], *connect.ServerStream[v1.WatchAuditResponse]) error
 	// PublicKey returns the audit checkpoint signing key (Ed25519, raw 32 bytes).
 	PublicKey(context.Context, *connect.Request[v1.AuditPublicKeyRequest]) (*connect.Response[v1.AuditPublicKeyResponse], error)
