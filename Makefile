@@ -36,6 +36,13 @@ generate:
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -cpu 2 ./identity/ca/ ./services/storage/badger/
 
+# PostgreSQL gateway against a direct connection with the real pgbench
+# (about 3 minutes; the Markdown report also goes to bench/results/).
+# Extra flags: make bench-pg BENCH_PG_FLAGS="-rounds 2". See bench/README.md.
+.PHONY: bench-pg
+bench-pg: test-deps build
+	SIGIL_BIN_DIR=$(BIN) $(GO) run ./bench/pgbench $(BENCH_PG_FLAGS)
+
 fmt:
 	gofmt -w $$(git ls-files '*.go' | grep -v '/gen/')
 
