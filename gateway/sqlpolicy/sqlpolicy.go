@@ -51,8 +51,21 @@ type Result struct {
 	Statements int
 }
 
+// Dialect is the SQL grammar a Classifier parses.
+type Dialect string
+
+const (
+	// DialectPostgres is PostgreSQL 17 via pg_query; the default.
+	DialectPostgres Dialect = "postgres"
+	// DialectMySQL is MySQL 8 (and the MariaDB syntax it shares) via the
+	// TiDB parser.
+	DialectMySQL Dialect = "mysql"
+)
+
 // Config configures a Classifier.
 type Config struct {
+	// Dialect selects the grammar; empty means DialectPostgres.
+	Dialect Dialect
 	// CacheSize is the number of statement texts whose result is kept.
 	CacheSize int
 	// MaxStatementBytes bounds the text classified; longer text is
@@ -68,6 +81,13 @@ type Config struct {
 func (c *Config) CheckAndSetDefaults() error {
 	if c.CacheSize < 0 || c.MaxStatementBytes < 0 || c.CacheEntryMaxBytes < 0 {
 		return trace.BadParameter("sqlpolicy: sizes must not be negative")
+	}
+	switch c.Dialect {
+	case "":
+		c.Dialect = DialectPostgres
+	case DialectPostgres, DialectMySQL:
+	default:
+		return trace.BadParameter("sqlpolicy: unknown dialect %q", c.Dialect)
 	}
 	if c.CacheSize == 0 {
 		c.CacheSize = DefaultCacheSize
@@ -93,10 +113,12 @@ type Stats struct {
 
 // Classifier classifies statements; it is safe for concurrent use.
 type Classifier struct {
-	cfg    Config
-	cache  *lru
-	hits   atomic.Uint64
-	misses atomic.Uint64
+	cfg   Config
+	cache *lru
+	// classify parses and classifies text in the configured dialect.
+	classify func(sql string) Result
+	hits     atomic.Uint64
+	misses   atomic.Uint64
 }
 
 // NewClassifier returns a Classifier with an empty cache.
@@ -104,7 +126,12 @@ func NewClassifier(cfg Config) (*Classifier, error) {
 	if err := cfg.CheckAndSetDefaults(); err != nil {
 		return nil, trace.Wrap(err)
 	}
-	return &Classifier{cfg: cfg, cache: newLRU(cfg.CacheSize)}, nil
+	c := &Classifier{cfg: cfg, cache: newLRU(cfg.CacheSize), classify: classifyText}
+	if cfg.Dialect == DialectMySQL {
+		parsers := newMySQLParsers()
+		c.classify = func(sql string) Result { return parsers.classifyText(sql, 0) }
+	}
+	return c, nil
 }
 
 // Classify returns the class of every statement in sql combined: the most
@@ -134,7 +161,8 @@ func (c *Classifier) Stats() Stats {
 }
 
 func (c *Classifier) classifyUncached(sql string) (r Result) {
-	// The parser is C code behind cgo and the tree walk is ours; neither
+	// The parsers are C code behind cgo (PostgreSQL) or a generated Go
+	// parser (MySQL) and the tree walks are ours; none
 	// should panic, but if one does the statement must still be refused
 	// rather than take the gateway connection down.
 	defer func() {
@@ -143,7 +171,7 @@ func (c *Classifier) classifyUncached(sql string) (r Result) {
 			r = Result{Class: ClassUnknown, Reason: "internal classification error"}
 		}
 	}()
-	return classifyText(sql)
+	return c.classify(sql)
 }
 
 // Allowed reports whether an identity granted `granted` (read, write or
