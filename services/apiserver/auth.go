@@ -29,6 +29,7 @@ func (a *authService) ClusterInfo(ctx context.Context, _ *connect.Request[sigilv
 		ClusterName: a.s.cfg.ClusterName,
 		TlsCaPem:    a.s.cfg.Authority.CertPEM(ca.TLSCA),
 		Version:     a.s.cfg.Version,
+		MysqlAddr:   a.s.cfg.MySQLAddr,
 	}), nil
 }
 

@@ -50,6 +50,8 @@ type Config struct {
 	ClusterName    string
 	// PublicAddr is the host:port users reach the gateway on (signup links).
 	PublicAddr string
+	// MySQLAddr is the MySQL listener address clients use (ClusterInfo).
+	MySQLAddr  string
 	Version    string
 	DefaultTTL time.Duration
 	Clock      func() time.Time

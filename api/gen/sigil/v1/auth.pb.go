@@ -62,8 +62,11 @@ type ClusterInfoResponse struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	ClusterName string                 `protobuf:"bytes,1,opt,name=cluster_name,json=clusterName,proto3" json:"cluster_name,omitempty"`
 	// tls_ca_pem holds the CA certificates that sign the gateway's server certs.
-	TlsCaPem      []byte `protobuf:"bytes,2,opt,name=tls_ca_pem,json=tlsCaPem,proto3" json:"tls_ca_pem,omitempty"`
-	Version       string `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`
+	TlsCaPem []byte `protobuf:"bytes,2,opt,name=tls_ca_pem,json=tlsCaPem,proto3" json:"tls_ca_pem,omitempty"`
+	Version  string `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`
+	// mysql_addr is the gateway's MySQL listener (MySQL clients speak second,
+	// so they cannot share the main port); empty when disabled.
+	MysqlAddr     string `protobuf:"bytes,4,opt,name=mysql_addr,json=mysqlAddr,proto3" json:"mysql_addr,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -115,6 +118,13 @@ func (x *ClusterInfoResponse) GetTlsCaPem() []byte {
 func (x *ClusterInfoResponse) GetVersion() string {
 	if x != nil {
 		return x.Version
+	}
+	return ""
+}
+
+func (x *ClusterInfoResponse) GetMysqlAddr() string {
+	if x != nil {
+		return x.MysqlAddr
 	}
 	return ""
 }
@@ -594,12 +604,14 @@ var File_sigil_v1_auth_proto protoreflect.FileDescriptor
 const file_sigil_v1_auth_proto_rawDesc = "" +
 	"\n" +
 	"\x13sigil/v1/auth.proto\x12\bsigil.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17sigil/v1/identity.proto\"\x14\n" +
-	"\x12ClusterInfoRequest\"p\n" +
+	"\x12ClusterInfoRequest\"\x8f\x01\n" +
 	"\x13ClusterInfoResponse\x12!\n" +
 	"\fcluster_name\x18\x01 \x01(\tR\vclusterName\x12\x1c\n" +
 	"\n" +
 	"tls_ca_pem\x18\x02 \x01(\fR\btlsCaPem\x12\x18\n" +
-	"\aversion\x18\x03 \x01(\tR\aversion\"A\n" +
+	"\aversion\x18\x03 \x01(\tR\aversion\x12\x1d\n" +
+	"\n" +
+	"mysql_addr\x18\x04 \x01(\tR\tmysqlAddr\"A\n" +
 	"\rSignupRequest\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1a\n" +
 	"\bpassword\x18\x02 \x01(\tR\bpassword\"$\n" +
