@@ -15,8 +15,17 @@ import (
 	"github.com/gravitational/trace"
 )
 
-// ALPNPostgres is the protocol the gateway routes tunnelled PostgreSQL on.
-const ALPNPostgres = "sigil-postgres"
+// ALPN protocols the gateway routes tunnelled connections on.
+const (
+	ALPNPostgres = "sigil-postgres"
+	ALPNMySQL    = "sigil-mysql"
+)
+
+// Protocols a tunnel carries (Config.Protocol).
+const (
+	ProtocolPostgres = "postgres"
+	ProtocolMySQL    = "mysql"
+)
 
 // PostgreSQL protocol codes found in the first message of a connection.
 const (
@@ -62,7 +71,10 @@ type Config struct {
 	// ServerName is the name the gateway certificate must carry; default
 	// the host of GatewayAddr.
 	ServerName string
-	// ALPN is offered to the gateway; default ALPNPostgres.
+	// Protocol is ProtocolPostgres (default) or ProtocolMySQL.
+	Protocol string
+	// ALPN is offered to the gateway; default ALPNPostgres or ALPNMySQL
+	// after Protocol.
 	ALPN string
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
@@ -100,8 +112,18 @@ func (c *Config) CheckAndSetDefaults() error {
 	if c.ServerName == "" {
 		c.ServerName = gwHost
 	}
-	if c.ALPN == "" {
-		c.ALPN = ALPNPostgres
+	switch c.Protocol {
+	case "", ProtocolPostgres:
+		c.Protocol = ProtocolPostgres
+		if c.ALPN == "" {
+			c.ALPN = ALPNPostgres
+		}
+	case ProtocolMySQL:
+		if c.ALPN == "" {
+			c.ALPN = ALPNMySQL
+		}
+	default:
+		return trace.BadParameter("unsupported tunnel protocol %q (want %q or %q)", c.Protocol, ProtocolPostgres, ProtocolMySQL)
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -115,7 +137,7 @@ func (c *Config) CheckAndSetDefaults() error {
 	return nil
 }
 
-// Tunnel is a local PostgreSQL listener forwarding to the gateway.
+// Tunnel is a local database listener forwarding to the gateway.
 type Tunnel struct {
 	cfg Config
 	ln  net.Listener
@@ -235,6 +257,14 @@ func (t *Tunnel) untrack(c net.Conn) {
 
 func (t *Tunnel) handle(ctx context.Context, local net.Conn) {
 	log := t.cfg.Logger.With("client", local.RemoteAddr().String())
+	if t.cfg.Protocol == ProtocolMySQL {
+		t.handleMySQL(ctx, local, log)
+		return
+	}
+	t.handlePostgres(ctx, local, log)
+}
+
+func (t *Tunnel) handlePostgres(ctx context.Context, local net.Conn, log *slog.Logger) {
 	local.SetReadDeadline(time.Now().Add(t.cfg.HandshakeTimeout))
 	var msg []byte
 	for i := 0; ; i++ {
@@ -291,7 +321,7 @@ func (t *Tunnel) handle(ctx context.Context, local net.Conn) {
 }
 
 // pipe copies both ways and closes both ends as soon as one side is done:
-// PostgreSQL has no use for a half-closed connection.
+// neither PostgreSQL nor MySQL has a use for a half-closed connection.
 func pipe(a, b net.Conn) {
 	done := make(chan struct{}, 2)
 	cp := func(dst, src net.Conn) {
@@ -317,7 +347,7 @@ func (t *Tunnel) dial(ctx context.Context) (*tls.Conn, error) {
 	tc := c.(*tls.Conn)
 	if got := tc.ConnectionState().NegotiatedProtocol; got != t.cfg.ALPN {
 		tc.Close()
-		return nil, trace.ConnectionProblem(nil, "the gateway does not speak %q (negotiated %q); is it a Sigil gateway with PostgreSQL support?", t.cfg.ALPN, got)
+		return nil, trace.ConnectionProblem(nil, "the gateway does not speak %q (negotiated %q); is it a Sigil gateway with %s support?", t.cfg.ALPN, got, t.cfg.Protocol)
 	}
 	return tc, nil
 }

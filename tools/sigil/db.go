@@ -53,11 +53,14 @@ type dbRoute struct {
 	DBUser   string    `yaml:"db_user" json:"db_user"`
 	DBName   string    `yaml:"db_name" json:"db_name"`
 	Expires  time.Time `yaml:"expires" json:"expires"`
+	// MySQLAddr is the gateway's MySQL listener (MySQL databases only):
+	// MySQL clients cannot use the main port.
+	MySQLAddr string `yaml:"mysql_addr,omitempty" json:"mysql_addr,omitempty"`
 }
 
 // dbFiles are the paths of one database login.
 type dbFiles struct {
-	dir, cert, key, ca, route string
+	dir, cert, key, ca, route, myCnf string
 }
 
 // dbFilesFor returns the file paths for database name in profile dir.
@@ -74,6 +77,7 @@ func dbFilesFor(profileDir, name string) (dbFiles, error) {
 		key:   filepath.Join(dir, dbKeyFile),
 		ca:    filepath.Join(dir, dbCAFile),
 		route: filepath.Join(dir, dbRouteFile),
+		myCnf: filepath.Join(dir, dbMyCnfFile),
 	}, nil
 }
 
@@ -100,12 +104,13 @@ func (a *app) dbCommand() *cobra.Command {
 		Long: `Reach the databases your roles allow through the Sigil gateway.
 
 "sigil db login" gets a short-lived certificate routed to one database as one
-db user; psql then talks TLS to the gateway directly with it ("sigil db
-connect" does both). For applications and connection pools that cannot use
-client certificates, run a local tunnel with "sigil proxy db --tunnel".`,
+db user; psql or mariadb then talks TLS to the gateway directly with it
+("sigil db connect" does both). For applications and connection pools that
+cannot use client certificates, run a local tunnel with "sigil proxy db --tunnel".`,
 		Example: `  sigil db ls
   sigil db login pg1 --db-user reader --db-name app
   sigil db connect pg1 -- -c 'select count(*) from items'
+  sigil db connect my1 --db-user reader --db-name app -- -e 'select count(*) from items'
   eval "$(sigil db env pg1)" && psql
   sigil proxy db pg1 --tunnel --port 15432 --db-user reader --db-name app`,
 	}
@@ -367,6 +372,11 @@ func (a *app) dbLogin(ctx context.Context, p *client.Profile, clt *client.Client
 	if route.Protocol == "" {
 		route.Protocol = protocolPostgres
 	}
+	if route.Protocol == protocolMySQL {
+		if route.MySQLAddr, err = fetchMySQLAddr(ctx, clt, p.Proxy); err != nil {
+			return nil, dbFiles{}, trace.Wrap(err)
+		}
+	}
 	if err := writeDBLogin(files, route, c); err != nil {
 		return nil, dbFiles{}, trace.Wrap(err)
 	}
@@ -381,19 +391,28 @@ func writeDBLogin(files dbFiles, route *dbRoute, c *dbCert) error {
 	if err != nil {
 		return trace.Wrap(err)
 	}
-	// Key first, then certificate, route last: route.yaml is what marks a
-	// login usable, so a crash midway leaves no route pointing at a
-	// certificate for another key. libpq refuses keys readable by others.
-	for _, f := range []struct {
+	type file struct {
 		path string
 		data []byte
 		mode os.FileMode
-	}{
+	}
+	// Key first, then certificate, route last: route.yaml is what marks a
+	// login usable, so a crash midway leaves no route pointing at a
+	// certificate for another key. libpq refuses keys readable by others.
+	toWrite := []file{
 		{files.key, c.keyPEM, 0o600},
 		{files.cert, c.certPEM, 0o644},
 		{files.ca, c.caPEM, 0o644},
-		{files.route, routeYAML, 0o600},
-	} {
+	}
+	if route.Protocol == protocolMySQL {
+		cnf, err := myCnf(route, files)
+		if err != nil {
+			return trace.Wrap(err)
+		}
+		// MariaDB ignores world-writable option files; 0600 keeps it private.
+		toWrite = append(toWrite, file{files.myCnf, cnf, 0o600})
+	}
+	for _, f := range append(toWrite, file{files.route, routeYAML, 0o600}) {
 		if err := client.WriteFileAtomic(f.path, f.data, f.mode); err != nil {
 			return trace.Wrap(err)
 		}
@@ -433,7 +452,9 @@ func (a *app) dbLoginCommand() *cobra.Command {
 name, and store it in the current profile under db/NAME/ (tls.crt, tls.key,
 ca.crt, route.yaml). Any libpq client can then connect to the gateway with
 sslmode=verify-full and these files; "sigil db env" prints them as PG*
-variables. A new login replaces the previous one for the same database.
+variables. For a MySQL/MariaDB database a MariaDB option file, my.cnf, is
+written too ("sigil db env" points the mariadb client at it). A new login
+replaces the previous one for the same database.
 
 --db-user may be left out when your roles allow exactly one db user;
 --db-name defaults to the one allowed db name, else to the db user (as in
@@ -468,6 +489,18 @@ func (a *app) printDBLogin(route *dbRoute, files dbFiles) {
 	fmt.Fprintf(a.stdout, "Logged in to database %s as db user %q, db name %q.\n", route.Database, route.DBUser, route.DBName)
 	fmt.Fprintf(a.stdout, "Certificate valid until %s [%s], files in %s\n",
 		route.Expires.UTC().Format("2006-01-02 15:04:05 MST"), humanDuration(route.Expires.Sub(a.now())), files.dir)
+	if route.Protocol == protocolMySQL {
+		fmt.Fprintf(a.stdout, `
+Connect with:
+  sigil db connect %s
+or the mariadb client:
+  eval "$(sigil db env %s)" && mariadb
+  mariadb --defaults-extra-file=%s
+Applications and pools that cannot use certificates:
+  sigil proxy db %s --tunnel --db-user %s --db-name %s
+`, route.Database, route.Database, shellQuote(files.myCnf), route.Database, shellQuote(route.DBUser), shellQuote(route.DBName))
+		return
+	}
 	if route.Protocol != protocolPostgres {
 		return
 	}
@@ -540,19 +573,25 @@ func (a *app) dbConnectCommand() *cobra.Command {
 	var opts dbConnectOptions
 	cmd := &cobra.Command{
 		Use:   "connect NAME [--db-user USER] [--db-name DB] [-- PSQL ARGS...]",
-		Short: "Open psql on a database through the gateway",
-		Long: `Open psql on database NAME. psql talks TLS to the gateway directly with a
-certificate routed to the database (sslmode=verify-full); no local proxy runs.
+		Short: "Open psql or mariadb on a database through the gateway",
+		Long: `Open psql (PostgreSQL) or mariadb (MySQL/MariaDB) on database NAME. The
+client talks TLS to the gateway directly with a certificate routed to the
+database and verifies the gateway (sslmode=verify-full, --ssl-verify-server-cert);
+no local proxy runs.
 
 The certificate from "sigil db login" is reused when it is for the same db
 user and db name and valid for at least another minute; otherwise sigil logs
 in to the database first. Without --db-user, the db user of the last login is
-used, else the single one your roles allow. Arguments after "--" go to psql.
+used, else the single one your roles allow. Arguments after "--" go to the
+client.
 
-psql comes from the postgresql-client package (apt install postgresql-client).`,
+psql comes from the postgresql-client package (apt install postgresql-client),
+mariadb from mariadb-client (apt install mariadb-client); an Oracle MySQL
+"mysql" client is used when there is no mariadb.`,
 		Example: `  sigil db connect pg1
   sigil db connect pg1 --db-user reader --db-name app
-  sigil db connect pg1 --db-user reader -- -c 'select count(*) from items'`,
+  sigil db connect pg1 --db-user reader -- -c 'select count(*) from items'
+  sigil db connect my1 --db-user reader --db-name app -- -e 'select name from items'`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			n := len(args)
 			if dash := cmd.ArgsLenAtDash(); dash >= 0 {
@@ -596,7 +635,8 @@ func (a *app) dbConnect(ctx context.Context, opts dbConnectOptions) error {
 			}
 		}
 		reusable := route.Proxy == p.Proxy && route.DBUser == opts.user &&
-			(opts.name == "" || route.DBName == opts.name) && a.now().Add(dbCertMargin).Before(route.Expires)
+			(opts.name == "" || route.DBName == opts.name) && a.now().Add(dbCertMargin).Before(route.Expires) &&
+			(route.Protocol != protocolMySQL || route.MySQLAddr != "")
 		if !reusable {
 			route = nil
 		}
@@ -613,31 +653,39 @@ func (a *app) dbConnect(ctx context.Context, opts dbConnectOptions) error {
 		}
 		a.logger().DebugContext(ctx, "Logged in to the database.", "database", route.Database, "db_user", route.DBUser, "db_name", route.DBName)
 	}
+	var bin string
+	var args []string
 	switch route.Protocol {
 	case protocolPostgres:
+		if bin, err = exec.LookPath("psql"); err != nil {
+			return trace.NotFound("psql not found in $PATH; install it (Debian/Ubuntu: apt install postgresql-client), or use \"sigil db env %s\" with another client", route.Database)
+		}
+		info, err := pgConnInfo(route, files)
+		if err != nil {
+			return trace.Wrap(err)
+		}
+		args = []string{info}
 	case protocolMySQL:
-		return trace.NotImplemented("database %s speaks mysql; \"sigil db connect\" only runs psql in this version", route.Database)
+		var mariadb bool
+		if bin, mariadb, err = mysqlClient(route.Database); err != nil {
+			return trace.Wrap(err)
+		}
+		if args, err = mysqlArgs(route, files, mariadb); err != nil {
+			return trace.Wrap(err)
+		}
 	default:
 		return trace.BadParameter("database %s has protocol %q, which sigil cannot connect to", route.Database, route.Protocol)
 	}
-	psql, err := exec.LookPath("psql")
-	if err != nil {
-		return trace.NotFound("psql not found in $PATH; install it (Debian/Ubuntu: apt install postgresql-client), or use \"sigil db env %s\" with another client", route.Database)
-	}
-	info, err := pgConnInfo(route, files)
-	if err != nil {
-		return trace.Wrap(err)
-	}
-	cmd := exec.Command(psql, append([]string{info}, opts.extra...)...)
+	cmd := exec.Command(bin, append(args, opts.extra...)...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = a.stdin, a.stdout, a.stderr
-	// No context: Ctrl-C belongs to psql (it cancels the running query);
-	// sigil waits for psql and passes on its exit status.
+	// No context: Ctrl-C belongs to the client (it cancels the running
+	// query); sigil waits for it and passes on its exit status.
 	if err := cmd.Run(); err != nil {
 		var ee *exec.ExitError
 		if errors.As(err, &ee) && ee.ExitCode() > 0 {
 			return exitCode(ee.ExitCode())
 		}
-		return trace.Wrap(err, "running psql")
+		return trace.Wrap(err, "running %s", filepath.Base(bin))
 	}
 	return nil
 }
@@ -652,14 +700,23 @@ func (a *app) dbEnvCommand() *cobra.Command {
 	var format string
 	cmd := &cobra.Command{
 		Use:   "env NAME",
-		Short: "Print PG* environment variables for the last database login",
-		Long: `Print the PG* environment variables (PGHOST, PGPORT, PGSSLMODE, PGSSLCERT,
-PGSSLKEY, PGSSLROOTCERT, PGUSER, PGDATABASE) that make any libpq client
-(psql, pg_dump, most drivers) connect to database NAME through the gateway
-with the certificate from "sigil db login NAME". A warning goes to stderr
-when that certificate has expired; the variables stay valid after the next
-"sigil db login", which writes to the same files.`,
+		Short: "Print environment variables for the last database login",
+		Long: `Print environment variables that make clients connect to database NAME
+through the gateway with the certificate from "sigil db login NAME".
+
+PostgreSQL: the PG* variables (PGHOST, PGPORT, PGSSLMODE, PGSSLCERT, PGSSLKEY,
+PGSSLROOTCERT, PGUSER, PGDATABASE) for any libpq client (psql, pg_dump, most
+drivers).
+
+MySQL/MariaDB: TLS options have no variables there, so "sigil db login" writes
+a MariaDB option file, my.cnf, next to the certificate, and MYSQL_HOME and
+MARIADB_HOME point the MariaDB clients (mariadb, mariadb-dump, ...) at it;
+MYSQL_HOST and MYSQL_TCP_PORT are set too. Options in ~/.my.cnf still win.
+
+A warning goes to stderr when the certificate has expired; the variables stay
+valid after the next "sigil db login", which writes to the same files.`,
 		Example: `  eval "$(sigil db env pg1)" && psql -c 'select 1'
+  eval "$(sigil db env my1)" && mariadb -e 'select 1'
   sigil db env pg1 --format json`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
@@ -681,27 +738,37 @@ when that certificate has expired; the variables stay valid after the next
 			if err != nil {
 				return trace.Wrap(err, "run \"sigil db login %s\" again", args[0])
 			}
-			if route.Protocol != protocolPostgres {
-				return trace.NotImplemented("database %s speaks %s; \"sigil db env\" only prints PG* variables in this version", route.Database, route.Protocol)
+			if route.Protocol != protocolPostgres && route.Protocol != protocolMySQL {
+				return trace.BadParameter("database %s has protocol %q, which sigil has no variables for", route.Database, route.Protocol)
 			}
 			if !a.now().Before(route.Expires) {
 				fmt.Fprintf(a.stderr, "WARNING: the certificate for %s expired at %s; run \"sigil db login %s\".\n", route.Database, route.Expires.UTC().Format(time.RFC3339), route.Database)
 			}
-			params, err := pgParams(route, files)
-			if err != nil {
-				return trace.Wrap(err)
-			}
-			names := map[string]string{"host": "PGHOST", "port": "PGPORT", "sslmode": "PGSSLMODE", "sslcert": "PGSSLCERT",
-				"sslkey": "PGSSLKEY", "sslrootcert": "PGSSLROOTCERT", "user": "PGUSER", "dbname": "PGDATABASE"}
-			if format != cli.FormatText {
-				env := make(map[string]string, len(params))
+			var vars [][2]string
+			if route.Protocol == protocolMySQL {
+				if vars, err = mysqlEnv(route, files); err != nil {
+					return trace.Wrap(err)
+				}
+			} else {
+				params, err := pgParams(route, files)
+				if err != nil {
+					return trace.Wrap(err)
+				}
+				names := map[string]string{"host": "PGHOST", "port": "PGPORT", "sslmode": "PGSSLMODE", "sslcert": "PGSSLCERT",
+					"sslkey": "PGSSLKEY", "sslrootcert": "PGSSLROOTCERT", "user": "PGUSER", "dbname": "PGDATABASE"}
 				for _, kv := range params {
-					env[names[kv[0]]] = kv[1]
+					vars = append(vars, [2]string{names[kv[0]], kv[1]})
+				}
+			}
+			if format != cli.FormatText {
+				env := make(map[string]string, len(vars))
+				for _, kv := range vars {
+					env[kv[0]] = kv[1]
 				}
 				return trace.Wrap(cli.Write(a.stdout, format, env))
 			}
-			for _, kv := range params {
-				fmt.Fprintf(a.stdout, "export %s=%s\n", names[kv[0]], shellQuote(kv[1]))
+			for _, kv := range vars {
+				fmt.Fprintf(a.stdout, "export %s=%s\n", kv[0], shellQuote(kv[1]))
 			}
 			return nil
 		},

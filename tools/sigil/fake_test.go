@@ -74,13 +74,22 @@ type fakeAuth struct {
 	sigilv1connect.UnimplementedAuthServiceHandler
 	tlsCA, userCA *fakeCA
 
-	mu     sync.Mutex
-	logins []*sigilv1.LoginRequest
-	signup []*sigilv1.SignupRequest
+	mu        sync.Mutex
+	logins    []*sigilv1.LoginRequest
+	signup    []*sigilv1.SignupRequest
+	mysqlAddr string
+}
+
+func (f *fakeAuth) setMySQLAddr(addr string) {
+	f.mu.Lock()
+	f.mysqlAddr = addr
+	f.mu.Unlock()
 }
 
 func (f *fakeAuth) ClusterInfo(context.Context, *connect.Request[sigilv1.ClusterInfoRequest]) (*connect.Response[sigilv1.ClusterInfoResponse], error) {
-	return connect.NewResponse(&sigilv1.ClusterInfoResponse{ClusterName: "test", TlsCaPem: f.tlsCA.pem}), nil
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return connect.NewResponse(&sigilv1.ClusterInfoResponse{ClusterName: "test", TlsCaPem: f.tlsCA.pem, MysqlAddr: f.mysqlAddr}), nil
 }
 
 func (f *fakeAuth) Signup(_ context.Context, req *connect.Request[sigilv1.SignupRequest]) (*connect.Response[sigilv1.SignupResponse], error) {

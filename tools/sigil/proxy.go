@@ -40,9 +40,9 @@ func (a *app) proxyDBCommand() *cobra.Command {
 	var opts proxyDBOptions
 	cmd := &cobra.Command{
 		Use:   "db NAME --tunnel [--port PORT] [--db-user USER] [--db-name DB]",
-		Short: "Serve a database as plain PostgreSQL on 127.0.0.1 for apps and pools",
-		Long: `Serve database NAME on 127.0.0.1 as plain PostgreSQL: applications and
-connection pools connect with no TLS, no certificate and no password, and each
+		Short: "Serve a database without TLS on 127.0.0.1 for apps and pools",
+		Long: `Serve database NAME on 127.0.0.1 as plain PostgreSQL or MySQL: applications
+and connection pools connect with no TLS, no certificate and no password, and each
 connection is carried to the gateway over TLS with a certificate routed to
 NAME as --db-user/--db-name. Only this machine can connect (the listener is on
 loopback), and every query is still checked and audited by the gateway as you.
@@ -54,7 +54,9 @@ up without a restart, and open connections keep working meanwhile.
 
 Without --port a free port is chosen and printed. Stop with Ctrl-C.`,
 		Example: `  sigil proxy db pg1 --tunnel --port 15432 --db-user reader --db-name app
-  DATABASE_URL='postgres://reader@127.0.0.1:15432/app?sslmode=disable' ./my-app`,
+  DATABASE_URL='postgres://reader@127.0.0.1:15432/app?sslmode=disable' ./my-app
+  sigil proxy db my1 --tunnel --port 13306 --db-user reader --db-name app
+  mariadb -h 127.0.0.1 -P 13306 -u reader --skip-ssl app`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts.database = args[0]
@@ -62,7 +64,7 @@ Without --port a free port is chosen and printed. Stop with Ctrl-C.`,
 		},
 	}
 	f := cmd.Flags()
-	f.BoolVar(&opts.tunnel, "tunnel", false, "serve plain PostgreSQL locally and handle certificates in sigil (required)")
+	f.BoolVar(&opts.tunnel, "tunnel", false, "serve the database without TLS locally and handle certificates in sigil (required)")
 	f.IntVar(&opts.port, "port", 0, "local port on 127.0.0.1 (default: a free port)")
 	f.StringVar(&opts.user, "db-user", "", "database user to connect as")
 	f.StringVar(&opts.name, "db-name", "", "database name inside the server (the PostgreSQL dbname)")
@@ -97,8 +99,10 @@ func (a *app) proxyDB(ctx context.Context, opts proxyDBOptions) error {
 	if err != nil {
 		return trace.Wrap(err)
 	}
-	if d.GetProtocol() != protocolPostgres {
-		return trace.NotImplemented("database %s speaks %s; the tunnel only carries PostgreSQL in this version", d.GetName(), d.GetProtocol())
+	switch d.GetProtocol() {
+	case protocolPostgres, protocolMySQL:
+	default:
+		return trace.BadParameter("database %s has protocol %q, which the tunnel cannot carry", d.GetName(), d.GetProtocol())
 	}
 	user, name, err := routeDefaults(d, opts.user, opts.name)
 	if err != nil {
@@ -150,6 +154,7 @@ func (a *app) proxyDB(ctx context.Context, opts proxyDBOptions) error {
 		return trace.Wrap(err)
 	}
 	tun, err := tunnel.New(tunnel.Config{
+		Protocol:    d.GetProtocol(),
 		ListenAddr:  net.JoinHostPort("127.0.0.1", strconv.Itoa(opts.port)),
 		GatewayAddr: p.Proxy,
 		Certs:       certs,
@@ -160,6 +165,17 @@ func (a *app) proxyDB(ctx context.Context, opts proxyDBOptions) error {
 		return trace.Wrap(err, "starting the local listener (is port %d free?)", opts.port)
 	}
 	_, port, _ := net.SplitHostPort(tun.Addr().String())
+	if d.GetProtocol() == protocolMySQL {
+		// --skip-ssl: the leg to the gateway is the encrypted one, and
+		// newer clients would otherwise insist on TLS to 127.0.0.1.
+		fmt.Fprintf(a.stdout, `Tunnel for database %s (db user %q, db name %q) listening on %s
+Connect without TLS or password, e.g.:
+  mariadb -h 127.0.0.1 -P %s -u %s --skip-ssl %s
+  %s
+Press Ctrl-C to stop.
+`, opts.database, user, name, tun.Addr(), port, shellQuote(user), shellQuote(name), goMySQLDSN(user, tun.Addr().String(), name))
+		return trace.Wrap(tun.Serve(ctx))
+	}
 	dsn := url.URL{Scheme: "postgres", User: url.User(user), Host: tun.Addr().String(), Path: "/" + name, RawQuery: "sslmode=disable"}
 	fmt.Fprintf(a.stdout, `Tunnel for database %s (db user %q, db name %q) listening on %s
 Connect without TLS or password, e.g.:
