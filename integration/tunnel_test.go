@@ -62,37 +62,7 @@ func TestTunnelPoolAcrossRenewal(t *testing.T) {
 	defer cancel()
 	// A 20s certificate: the tunnel renews when a third is left, about
 	// 13s in, while the pool keeps querying.
-	proxy := exec.CommandContext(ctx, filepath.Join(testenv.BinDir(t), "sigil"), "proxy", "db", "pg1", "--tunnel",
-		"--db-user", "reader", "--db-name", "app", "--cert-ttl", "20s")
-	proxy.Env = append(os.Environ(), "SIGIL_HOME="+home)
-	stdout, err := proxy.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var logs lockedLog
-	proxy.Stderr = &logs
-	if err := proxy.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		cancel()
-		proxy.Wait()
-	}()
-	addrCh := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			if _, after, ok := strings.Cut(sc.Text(), "listening on "); ok {
-				addrCh <- strings.TrimSpace(after)
-			}
-		}
-	}()
-	var addr string
-	select {
-	case addr = <-addrCh:
-	case <-time.After(30 * time.Second):
-		t.Fatalf("the tunnel did not start:\n%s", logs.String())
-	}
+	addr, logs := startTunnelProxy(t, ctx, home, "pg1", "--db-user", "reader", "--db-name", "app", "--cert-ttl", "20s")
 	host, port, _ := strings.Cut(addr, ":")
 	dsn := fmt.Sprintf("postgres://reader@%s:%s/app?sslmode=disable&connect_timeout=10", host, port)
 
@@ -156,6 +126,45 @@ func TestTunnelPoolAcrossRenewal(t *testing.T) {
 	}
 	if strings.Contains(logs.String(), "level=ERROR") {
 		t.Fatalf("tunnel logged errors:\n%s", logs.String())
+	}
+}
+
+// startTunnelProxy runs "sigil proxy db DATABASE --tunnel ARGS..." as the
+// user of home until ctx ends (or the test does) and returns the address
+// it listens on and its log.
+func startTunnelProxy(t *testing.T, ctx context.Context, home, database string, args ...string) (string, *lockedLog) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(ctx)
+	proxy := exec.CommandContext(ctx, filepath.Join(testenv.BinDir(t), "sigil"), append([]string{"proxy", "db", database, "--tunnel"}, args...)...)
+	proxy.Env = append(os.Environ(), "SIGIL_HOME="+home)
+	stdout, err := proxy.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &lockedLog{}
+	proxy.Stderr = logs
+	if err := proxy.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cancel()
+		proxy.Wait()
+	})
+	addrCh := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			if _, after, ok := strings.Cut(sc.Text(), "listening on "); ok {
+				addrCh <- strings.TrimSpace(after)
+			}
+		}
+	}()
+	select {
+	case addr := <-addrCh:
+		return addr, logs
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the tunnel did not start:\n%s", logs.String())
+		return "", nil
 	}
 }
 

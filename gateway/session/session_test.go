@@ -279,3 +279,84 @@ func TestUpstreamTLS(t *testing.T) {
 		t.Fatalf("writer cert: %v", err)
 	}
 }
+
+func TestProtocolMismatchAndDBNameRecheck(t *testing.T) {
+	e, m := newEnv(t)
+	ctx := context.Background()
+	_, err := m.Start(ctx, e.cert(t, pgRoute), "10.0.0.1:1", types.ProtocolMySQL, RouteRequest{})
+	if !IsWhoError(err) || !strings.Contains(Message(err), `database "pg1" speaks postgres, not mysql`) {
+		t.Fatalf("mysql client to a postgres database: %v", err)
+	}
+	// A route with a database name pins it; one without re-checks policy.
+	s, err := m.Start(ctx, e.cert(t, pgRoute), "10.0.0.1:1", types.ProtocolPostgres, RouteRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.End(ctx, Stats{})
+	if err := s.CheckDBName(ctx, "app"); err != nil {
+		t.Fatalf("same database name: %v", err)
+	}
+	if err := s.CheckDBName(ctx, "other"); !IsWhoError(err) || !strings.Contains(Message(err), `this certificate is for database name "app", not "other"`) {
+		t.Fatalf("other database name: %v", err)
+	}
+	open := pgRoute
+	open.DBName = ""
+	s2, err := m.Start(ctx, e.cert(t, open), "10.0.0.1:1", types.ProtocolPostgres, RouteRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.End(ctx, Stats{})
+	if err := s2.CheckDBName(ctx, "anything"); err != nil {
+		t.Fatalf("db_names * allows any name: %v", err)
+	}
+}
+
+// owningEmitter keeps the events handed over by EmitOwned as they are.
+type owningEmitter struct {
+	memEmitter
+	owned []*audit.Event
+}
+
+func (o *owningEmitter) EmitOwned(ctx context.Context, ev *audit.Event) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.owned = append(o.owned, ev)
+	return nil
+}
+
+func TestEmitOwnedSharesSessionMessages(t *testing.T) {
+	e, m := newEnv(t)
+	ctx := context.Background()
+	s, err := m.Start(ctx, e.cert(t, pgRoute), "10.0.0.1:5555", "postgres", RouteRequest{DBUser: "reader", DBName: "app"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.End(ctx, Stats{})
+
+	// An emitter that cannot take events over gets Emit (a copy).
+	if err := s.EmitOwned(ctx, &audit.Event{Type: audit.EventDBQuery, Statement: "select 1"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.emitter.ofType(audit.EventDBQuery); len(got) != 1 || got[0].Statement != "select 1" || got[0].SessionId != s.ID {
+		t.Fatalf("fallback to Emit: %v", got)
+	}
+
+	o := &owningEmitter{}
+	m.cfg.Emitter = o
+	a, b := &audit.Event{Type: audit.EventDBQuery}, &audit.Event{Type: audit.EventDBQuery}
+	for _, ev := range []*audit.Event{a, b} {
+		if err := s.EmitOwned(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(o.owned) != 2 || o.owned[0] != a || o.owned[1] != b || len(o.events) != 0 {
+		t.Fatalf("EmitOwned did not hand the events over: owned %v, copied %v", o.owned, o.events)
+	}
+	if a.Identity != b.Identity || a.Resource != b.Resource {
+		t.Fatal("identity and resource must be one shared instance per session")
+	}
+	if a.SessionId != s.ID || a.ClientAddr != "10.0.0.1:5555" || a.Identity.User != "alice" ||
+		a.Resource.Name != "pg1" || a.Resource.DbUser != "reader" || a.Resource.DbName != "app" || a.Resource.Kind != types.KindDatabase {
+		t.Fatalf("stamped event = %v", a)
+	}
+}

@@ -77,6 +77,8 @@ type Daemon struct {
 	t       testing.TB
 	DataDir string
 	Addr    string
+	// MySQLAddr is the MySQL listener (sigild prints it at start).
+	MySQLAddr string
 	// ConfigPath is the sigil.yaml passed with --config ("" for none).
 	ConfigPath string
 	cmd        *exec.Cmd
@@ -113,7 +115,7 @@ func startDaemon(t testing.TB, dataDir, configPath string) *Daemon {
 	d := &Daemon{t: t, DataDir: dataDir, ConfigPath: configPath, stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan struct{})}
 	// A previous run's proxy file must not be mistaken for this one's.
 	_ = os.Remove(filepath.Join(dataDir, "admin", "proxy"))
-	args := []string{"start", "--data-dir", dataDir, "--listen", "127.0.0.1:0"}
+	args := []string{"start", "--data-dir", dataDir, "--listen", "127.0.0.1:0", "--mysql-listen", "127.0.0.1:0"}
 	if configPath != "" {
 		args = append(args, "--config", configPath)
 	}
@@ -141,6 +143,9 @@ func startDaemon(t testing.TB, dataDir, configPath string) *Daemon {
 	})
 	m := regexp.MustCompile(`Sigil gateway listening on (\S+)`).FindStringSubmatch(d.stdout.String())
 	d.Addr = m[1]
+	if m := regexp.MustCompile(`MySQL listener on (\S+)`).FindStringSubmatch(d.stdout.String()); m != nil {
+		d.MySQLAddr = m[1]
+	}
 	return d
 }
 

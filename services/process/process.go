@@ -26,6 +26,7 @@ import (
 	"github.com/sigilhq/sigil/audit"
 	auditbadger "github.com/sigilhq/sigil/audit/store/badger"
 	"github.com/sigilhq/sigil/gateway/mux"
+	"github.com/sigilhq/sigil/gateway/mysql"
 	"github.com/sigilhq/sigil/gateway/postgres"
 	"github.com/sigilhq/sigil/gateway/session"
 	"github.com/sigilhq/sigil/identity/ca"
@@ -73,6 +74,8 @@ type Daemon struct {
 	mux        *mux.Mux
 	http       *http.Server
 	addr       net.Addr
+	mysql      *mysql.Server
+	mysqlLn    net.Listener
 
 	certMu     sync.Mutex
 	serverCert *tls.Certificate
@@ -149,6 +152,13 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer, ve
 		publicAddr = dialAddr(d.addr)
 	}
 
+	// MySQL servers speak first, so MySQL cannot share the sniffing port.
+	d.mysqlLn, err = net.Listen("tcp", cfg.MySQLListen)
+	if err != nil {
+		ln.Close()
+		return nil, trace.Wrap(err, "listening on %s for MySQL (set --mysql-listen to a free address)", cfg.MySQLListen)
+	}
+
 	d.api, err = apiserver.New(apiserver.Config{
 		Authority:      d.authority,
 		Resources:      store,
@@ -159,6 +169,7 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer, ve
 		AuditPublicKey: d.authority.AuditPublicKey(),
 		ClusterName:    cfg.ClusterName,
 		PublicAddr:     publicAddr,
+		MySQLAddr:      mysqlPublicAddr(publicAddr, d.mysqlLn.Addr()),
 		Version:        version,
 		DefaultTTL:     cfg.Auth.CertTTL.Duration(),
 		Logger:         log.With("component", "api"),
@@ -182,7 +193,16 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer, ve
 		ln.Close()
 		return nil, trace.Wrap(err)
 	}
-	if err := d.registerPostgres(store, lockSvc); err != nil {
+	sessions, err := session.New(session.Config{Authority: d.authority, Resources: store, Locks: lockSvc, Emitter: d.emitter, Logger: d.log})
+	if err != nil {
+		ln.Close()
+		return nil, trace.Wrap(err)
+	}
+	if err := d.registerPostgres(sessions); err != nil {
+		ln.Close()
+		return nil, trace.Wrap(err)
+	}
+	if err := d.registerMySQL(ctx, sessions); err != nil {
 		ln.Close()
 		return nil, trace.Wrap(err)
 	}
@@ -220,6 +240,7 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer, ve
 	if err := d.firstAdmin(ctx); err != nil {
 		return nil, trace.Wrap(err)
 	}
+	fmt.Fprintf(out, "MySQL listener on %s\n", dialAddr(d.mysqlLn.Addr()))
 	fmt.Fprintf(out, "Sigil gateway listening on %s\nGateway CA fingerprint: %s\nData dir: %s\n",
 		d.addr, client.Fingerprint(d.authority.Certificate(ca.TLSCA).Raw), cfg.DataDir)
 	return d, nil
@@ -227,11 +248,7 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer, ve
 
 // registerPostgres routes PostgreSQL clients on the gateway port to the
 // PostgreSQL engine.
-func (d *Daemon) registerPostgres(store *resources.Store, lockSvc *locks.Service) error {
-	sessions, err := session.New(session.Config{Authority: d.authority, Resources: store, Locks: lockSvc, Emitter: d.emitter, Logger: d.log})
-	if err != nil {
-		return trace.Wrap(err)
-	}
+func (d *Daemon) registerPostgres(sessions *session.Manager) error {
 	pg, err := postgres.New(postgres.Config{Sessions: sessions, GetCertificate: d.serverTLSConfig().GetCertificate, Logger: d.log})
 	if err != nil {
 		return trace.Wrap(err)
@@ -239,6 +256,39 @@ func (d *Daemon) registerPostgres(store *resources.Store, lockSvc *locks.Service
 	pg.Register(d.mux)
 	return nil
 }
+
+// registerMySQL starts the MySQL listener (MySQL servers speak first, so
+// they cannot share the sniffing port) and routes ALPN sigil-mysql on the
+// gateway port to the same engine.
+func (d *Daemon) registerMySQL(ctx context.Context, sessions *session.Manager) error {
+	my, err := mysql.New(mysql.Config{Sessions: sessions, GetCertificate: d.serverTLSConfig().GetCertificate, Logger: d.log})
+	if err != nil {
+		return trace.Wrap(err)
+	}
+	d.mysql = my
+	my.Register(d.mux)
+	go func() {
+		if err := my.Serve(ctx, d.mysqlLn); err != nil {
+			d.log.Error("MySQL listener stopped", "error", err)
+		}
+	}()
+	return nil
+}
+
+// mysqlPublicAddr is the MySQL address clients are told: the public
+// address's host with the MySQL listener's port.
+func mysqlPublicAddr(publicAddr string, ln net.Addr) string {
+	addr := dialAddr(ln)
+	host, _, err := net.SplitHostPort(publicAddr)
+	_, port, perr := net.SplitHostPort(addr)
+	if err != nil || perr != nil || host == "" {
+		return addr
+	}
+	return net.JoinHostPort(host, port)
+}
+
+// MySQLAddr is the MySQL listener's address.
+func (d *Daemon) MySQLAddr() net.Addr { return d.mysqlLn.Addr() }
 
 func httpProtocols() *http.Protocols {
 	p := &http.Protocols{}
@@ -255,6 +305,13 @@ func (d *Daemon) Close() error {
 	var errs []error
 	if d.mux != nil {
 		errs = append(errs, d.mux.Close())
+	}
+	if d.mysql != nil {
+		errs = append(errs, d.mysql.Close())
+	}
+	if d.mysqlLn != nil {
+		// Closed already when the MySQL engine served it.
+		_ = d.mysqlLn.Close()
 	}
 	if d.http != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
