@@ -378,3 +378,69 @@ func TestIsSecretKey(t *testing.T) {
 		}
 	}
 }
+
+func TestStoreEmitterEmitOwned(t *testing.T) {
+	m := &memStore{}
+	e := newStoreEmitter(m)
+	var _ OwningEmitter = e
+	ident := &Identity{User: "alice"}
+	long := strings.Repeat("x", MaxStatementBytes+10)
+	ev := &Event{
+		Type:       EventDBQuery,
+		Identity:   ident,
+		Statement:  long,
+		Parameters: []string{strings.Repeat("p", MaxParameterBytes+1)},
+		Details:    map[string]string{"api_key": "k", "protocol": "simple"},
+	}
+	if err := e.EmitOwned(context.Background(), ev); err != nil {
+		t.Fatal(err)
+	}
+	if len(m.events) != 1 || m.events[0] != ev {
+		t.Fatalf("EmitOwned must store the caller's event itself, stored %v", m.events)
+	}
+	if ev.Id == "" || !ev.Time.AsTime().Equal(fixedTime) || m.durable[0] {
+		t.Fatalf("defaults or durability wrong: %v durable=%v", ev, m.durable)
+	}
+	// The one redaction and bounding path ran, in place.
+	if ev.Details["api_key"] != redactedValue || ev.Details["protocol"] != "simple" {
+		t.Fatalf("details = %v", ev.Details)
+	}
+	if len(ev.Statement) != MaxStatementBytes+len(truncatedSuffix) || !strings.HasSuffix(ev.Parameters[0], truncatedSuffix) {
+		t.Fatalf("not bounded: statement %d bytes, parameter %q", len(ev.Statement), ev.Parameters[0])
+	}
+	if ev.Identity != ident || ident.User != "alice" {
+		t.Fatal("sub-messages must be stored as given and left unmodified")
+	}
+	big := &Event{Type: EventDBQuery, Details: map[string]string{}}
+	for i := range MaxDetails {
+		big.Details[strings.Repeat("k", 10)+string(rune('a'+i%26))+strings.Repeat("z", i)] = strings.Repeat("v", MaxDetailBytes)
+	}
+	if err := e.EmitOwned(context.Background(), big); !trace.IsLimitExceeded(err) {
+		t.Fatalf("oversized event: err = %v, want LimitExceeded", err)
+	}
+	if err := e.EmitOwned(context.Background(), &Event{}); err == nil || !strings.Contains(err.Error(), "type is required") {
+		t.Fatalf("invalid event: err = %v", err)
+	}
+}
+
+func TestEmitOwnedFallsBackToEmit(t *testing.T) {
+	m := &memStore{}
+	// MultiEmitter cannot hand one event to several sinks: it gets Emit,
+	// and the caller's event is left unredacted.
+	me := NewMultiEmitter(newStoreEmitter(m))
+	ev := &Event{Type: EventDBQuery, Details: map[string]string{"password": "pw"}}
+	if err := EmitOwned(context.Background(), me, ev); err != nil {
+		t.Fatal(err)
+	}
+	if len(m.events) != 1 || m.events[0] == ev || ev.Details["password"] != "pw" || m.events[0].Details["password"] != redactedValue {
+		t.Fatalf("stored %v, caller's %v", m.events, ev)
+	}
+	// A StoreEmitter takes it over.
+	ev2 := &Event{Type: EventDBQuery}
+	if err := EmitOwned(context.Background(), newStoreEmitter(m), ev2); err != nil {
+		t.Fatal(err)
+	}
+	if len(m.events) != 2 || m.events[1] != ev2 {
+		t.Fatalf("StoreEmitter did not take the event over: %v", m.events)
+	}
+}

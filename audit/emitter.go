@@ -76,11 +76,55 @@ func (e *StoreEmitter) Emit(ctx context.Context, ev *Event) error {
 	if err := SetDefaults(ev, e.clock()); err != nil {
 		return trace.Wrap(err)
 	}
-	out := Clone(ev)
+	return e.append(ctx, Clone(ev))
+}
+
+// EmitOwned is Emit for a caller that hands ev over: it redacts and
+// bounds ev in place instead of a deep copy, which is most of the cost of
+// a per-query event. See OwningEmitter for what the caller promises.
+func (e *StoreEmitter) EmitOwned(ctx context.Context, ev *Event) error {
+	if err := ctx.Err(); err != nil {
+		return trace.Wrap(err)
+	}
+	if err := SetDefaults(ev, e.clock()); err != nil {
+		return trace.Wrap(err)
+	}
+	return e.append(ctx, ev)
+}
+
+// append redacts and bounds out, which the emitter owns, and stores it:
+// the one path both Emit and EmitOwned take.
+func (e *StoreEmitter) append(ctx context.Context, out *Event) error {
 	Redact(out)
 	Bound(out)
 	if n := proto.Size(out); n > MaxEventBytes {
-		return trace.LimitExceeded("audit event %s is %d bytes, over the %d byte limit", ev.Id, n, MaxEventBytes)
+		return trace.LimitExceeded("audit event %s is %d bytes, over the %d byte limit", out.Id, n, MaxEventBytes)
 	}
-	return trace.Wrap(e.store.Append(ctx, out, IsDurable(ev.Type)))
+	return trace.Wrap(e.store.Append(ctx, out, IsDurable(out.Type)))
+}
+
+// OwningEmitter is an Emitter that can take over the caller's event
+// instead of copying it.
+//
+// With EmitOwned the caller gives up ev: the emitter fills Id and Time,
+// rewrites Details and Parameters in place (Redact, Bound) and may keep ev
+// until it is stored, so the caller must not read or reuse ev afterwards.
+// A Details map or Parameters slice the caller does keep using (say a
+// constant {"protocol": "simple"} per connection) must already hold what
+// Redact and Bound would leave unchanged, and must not be used by another
+// goroutine during the call: the rewrite then writes back the same values.
+// Sub-messages (Identity, Resource, Time) are only read, never modified,
+// so one immutable instance may be shared by many events.
+type OwningEmitter interface {
+	Emitter
+	EmitOwned(ctx context.Context, ev *Event) error
+}
+
+// EmitOwned hands ev over to e when e is an OwningEmitter, and otherwise
+// calls e.Emit (which copies what it keeps).
+func EmitOwned(ctx context.Context, e Emitter, ev *Event) error {
+	if o, ok := e.(OwningEmitter); ok {
+		return o.EmitOwned(ctx, ev)
+	}
+	return e.Emit(ctx, ev)
 }

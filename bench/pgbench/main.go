@@ -2,33 +2,31 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
-	"math"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"runtime"
-	"slices"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/sigilhq/sigil/audit"
+	"github.com/sigilhq/sigil/bench/internal/benchenv"
 )
 
 const (
-	legDirect  = "direct"
-	legGateway = "gateway"
-	legTunnel  = "tunnel"
+	legDirect  = benchenv.LegDirect
+	legGateway = benchenv.LegGateway
+	legTunnel  = benchenv.LegTunnel
 )
 
-var legs = []string{legDirect, legGateway, legTunnel}
+var legs = benchenv.Legs
 
 // targetRatio is the issue's goal for gateway TPS against direct.
-const targetRatio = 0.85
+const targetRatio = benchenv.TargetRatio
 
 type options struct {
 	pgbench      string
@@ -65,34 +63,25 @@ func run() (code int) {
 		return 2
 	}
 
-	h, err := newHarness()
+	h, err := benchenv.NewHarness("pgbench")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	defer h.close()
-	defer func() {
-		if r := recover(); r != nil {
-			f, ok := r.(fatalError)
-			if !ok {
-				panic(r)
-			}
-			fmt.Fprintln(os.Stderr, "bench/pgbench:", f.msg)
-			code = 1
-		}
-	}()
+	defer h.Close()
+	defer h.Recover(&code)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
 	start := time.Now()
-	loadBefore := loadAvg()
+	loadBefore := benchenv.LoadAvg()
 	e := setUp(ctx, h, o.pgbench, o.scale)
 	rep := &report{opts: o, date: start, loadBefore: loadBefore, pgVersion: pgbenchVersion(o.pgbench)}
 
 	measure := func(leg string, s runSpec) result {
 		r, err := runPgbench(ctx, o.pgbench, e.legs[leg], s)
 		if err != nil {
-			h.Fatalf("%s leg: %v\nsigild log tail:\n%s", leg, err, tail(e.daemon.Stderr(), 4000))
+			h.Fatalf("%s leg: %v\nsigild log tail:\n%s", leg, err, benchenv.Tail(e.sigil.Daemon.Stderr(), 4000))
 		}
 		return r
 	}
@@ -108,17 +97,17 @@ func run() (code int) {
 				h.Logf("round %d: %s -M %s, %s", round+1, leg, mode, o.duration)
 				logDir := h.TempDir()
 				r := measure(leg, runSpec{clients: o.clients, jobs: o.jobs, duration: o.duration, mode: mode, logDir: logDir})
-				rep.addTx(mode, leg, r, loadAvg())
+				rep.addTx(mode, leg, r, benchenv.LoadAvg())
 			}
 		}
 		for _, leg := range legs {
 			h.Logf("round %d: %s -C, %s", round+1, leg, o.connDuration)
 			r := measure(leg, runSpec{clients: o.clients, jobs: o.jobs, duration: o.connDuration, mode: "simple", reconnect: true})
-			rep.addConn(leg, r, loadAvg())
+			rep.addConn(leg, r, benchenv.LoadAvg())
 		}
 	}
-	rep.loadAfter = loadAvg()
-	rep.auditEvents = countQueryEvents(e)
+	rep.loadAfter = benchenv.LoadAvg()
+	rep.auditEvents = e.sigil.CountQueryEvents(benchUser)
 	if rep.auditEvents == 0 {
 		h.Fatalf("no %s audit event was recorded: query audit is not on, the numbers would not be the issue's", audit.EventDBQuery)
 	}
@@ -126,11 +115,8 @@ func run() (code int) {
 	md := rep.markdown()
 	fmt.Print(md)
 	if o.outDir != "" {
-		if err := os.MkdirAll(o.outDir, 0o755); err != nil {
-			h.Fatal(err)
-		}
-		path := filepath.Join(o.outDir, "pgbench-"+start.Format("2006-01-02")+".md")
-		if err := os.WriteFile(path, []byte(md), 0o644); err != nil {
+		path, err := benchenv.WriteReport(o.outDir, "pgbench-"+start.Format("2006-01-02")+".md", md)
+		if err != nil {
 			h.Fatal(err)
 		}
 		fmt.Fprintf(os.Stderr, "wrote %s\n", path)
@@ -157,37 +143,6 @@ func pgbenchVersion(bin string) string {
 	return strings.TrimSpace(string(out))
 }
 
-// loadAvg is the 1, 5 and 15 minute load average, as uptime shows it.
-func loadAvg() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "n/a"
-	}
-	f := strings.Fields(string(b))
-	if len(f) < 3 {
-		return "n/a"
-	}
-	return strings.Join(f[:3], " ")
-}
-
-// countQueryEvents checks that the gateway legs were audited: at least
-// one db.query event exists for the bench user (up to 1000 counted).
-func countQueryEvents(e *benchEnv) int {
-	out := e.ctl("audit", "search", "--type", audit.EventDBQuery, "--user", benchUser, "--since", "1h", "--limit", "1000", "--format", "json")
-	var raw []json.RawMessage
-	if err := json.Unmarshal([]byte(out), &raw); err != nil {
-		e.h.Fatalf("audit search output: %v\n%s", err, tail(out, 2000))
-	}
-	return len(raw)
-}
-
-func tail(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return "..." + s[len(s)-n:]
-}
-
 // report accumulates the measurements of all rounds.
 type report struct {
 	opts        options
@@ -196,66 +151,31 @@ type report struct {
 	loadBefore  string
 	loadAfter   string
 	auditEvents int
-	tx          map[string]map[string]*agg // mode -> leg
-	conn        map[string]*agg            // leg
-}
-
-// agg merges the rounds of one leg: mean TPS, pooled latencies.
-type agg struct {
-	tps       []float64
-	connTime  []float64
-	latencies []int64
-	loads     []string
-}
-
-func (a *agg) add(r result, load string) {
-	a.tps = append(a.tps, r.tps)
-	a.connTime = append(a.connTime, r.connTime)
-	a.latencies = append(a.latencies, r.latencies...)
-	a.loads = append(a.loads, strings.Fields(load + " n/a")[0])
-}
-
-func (a *agg) meanTPS() float64      { return mean(a.tps) }
-func (a *agg) meanConnTime() float64 { return mean(a.connTime) }
-
-func (a *agg) pct(p float64) float64 {
-	s := append([]int64(nil), a.latencies...)
-	slices.Sort(s)
-	return percentile(s, p)
-}
-
-func mean(v []float64) float64 {
-	if len(v) == 0 {
-		return math.NaN()
-	}
-	var sum float64
-	for _, x := range v {
-		sum += x
-	}
-	return sum / float64(len(v))
+	tx          map[string]map[string]*benchenv.Agg // mode -> leg
+	conn        map[string]*benchenv.Agg            // leg
 }
 
 func (r *report) addTx(mode, leg string, res result, load string) {
 	if r.tx == nil {
-		r.tx = map[string]map[string]*agg{}
+		r.tx = map[string]map[string]*benchenv.Agg{}
 	}
 	if r.tx[mode] == nil {
-		r.tx[mode] = map[string]*agg{}
+		r.tx[mode] = map[string]*benchenv.Agg{}
 	}
 	if r.tx[mode][leg] == nil {
-		r.tx[mode][leg] = &agg{}
+		r.tx[mode][leg] = &benchenv.Agg{}
 	}
-	r.tx[mode][leg].add(res, load)
+	r.tx[mode][leg].Add(res.tps, res.connTime, res.latencies, load)
 }
 
 func (r *report) addConn(leg string, res result, load string) {
 	if r.conn == nil {
-		r.conn = map[string]*agg{}
+		r.conn = map[string]*benchenv.Agg{}
 	}
 	if r.conn[leg] == nil {
-		r.conn[leg] = &agg{}
+		r.conn[leg] = &benchenv.Agg{}
 	}
-	r.conn[leg].add(res, load)
+	r.conn[leg].Add(res.tps, res.connTime, res.latencies, load)
 }
 
 func (r *report) markdown() string {
@@ -283,14 +203,14 @@ func (r *report) markdown() string {
 			if a == nil || base == nil {
 				continue
 			}
-			ratio := a.meanTPS() / base.meanTPS()
+			ratio := a.MeanRate() / base.MeanRate()
 			added50, added99 := "", ""
 			if leg != legDirect {
-				added50 = fmt.Sprintf("%+.3f", a.pct(50)-base.pct(50))
-				added99 = fmt.Sprintf("%+.3f", a.pct(99)-base.pct(99))
+				added50 = fmt.Sprintf("%+.3f", a.Pct(50)-base.Pct(50))
+				added99 = fmt.Sprintf("%+.3f", a.Pct(99)-base.Pct(99))
 			}
 			fmt.Fprintf(&b, "| %s | %s | %.0f | %.2f | %.3f | %.3f | %s | %s | %s |\n",
-				mode, leg, a.meanTPS(), ratio, a.pct(50), a.pct(99), added50, added99, strings.Join(a.loads, ", "))
+				mode, leg, a.MeanRate(), ratio, a.Pct(50), a.Pct(99), added50, added99, strings.Join(a.Loads, ", "))
 			if leg == legGateway {
 				verdict := "met"
 				if ratio < targetRatio {
@@ -312,7 +232,7 @@ func (r *report) markdown() string {
 			if a == nil {
 				continue
 			}
-			fmt.Fprintf(&b, "| %s | %.0f | %.2f | %.3f | %s |\n", leg, a.meanTPS(), a.meanTPS()/base.meanTPS(), a.meanConnTime(), strings.Join(a.loads, ", "))
+			fmt.Fprintf(&b, "| %s | %.0f | %.2f | %.3f | %s |\n", leg, a.MeanRate(), a.MeanRate()/base.MeanRate(), a.MeanConnTime(), strings.Join(a.Loads, ", "))
 		}
 	}
 	b.WriteString("\nReproduce: `make bench-pg` (see bench/README.md).\n")

@@ -6,7 +6,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -95,17 +94,6 @@ func parseTxLog(r io.Reader, into []int64) ([]int64, error) {
 		into = append(into, us)
 	}
 	return into, sc.Err()
-}
-
-// percentile returns the nearest-rank p-th percentile (0<p<=100) of a
-// sorted slice, in milliseconds.
-func percentile(sorted []int64, p float64) float64 {
-	if len(sorted) == 0 {
-		return math.NaN()
-	}
-	rank := int(math.Ceil(p / 100 * float64(len(sorted))))
-	rank = min(max(rank, 1), len(sorted))
-	return float64(sorted[rank-1]) / 1000
 }
 
 // runPgbench runs pgbench against c and collects the summary and, with

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"math"
 	"strings"
 	"testing"
 )
@@ -66,20 +65,5 @@ func TestParseTxLog(t *testing.T) {
 	}
 	if _, err := parseTxLog(strings.NewReader("0 1 2\n"), nil); err == nil || !strings.Contains(err.Error(), "3 fields") {
 		t.Fatalf("short line: err = %v", err)
-	}
-}
-
-func TestPercentile(t *testing.T) {
-	sorted := make([]int64, 100)
-	for i := range sorted {
-		sorted[i] = int64(i+1) * 1000 // 1..100 ms
-	}
-	for _, tt := range []struct{ p, want float64 }{{50, 50}, {99, 99}, {100, 100}, {0.1, 1}} {
-		if got := percentile(sorted, tt.p); got != tt.want {
-			t.Errorf("p%v = %v, want %v", tt.p, got, tt.want)
-		}
-	}
-	if !math.IsNaN(percentile(nil, 50)) {
-		t.Errorf("percentile of nothing is not NaN")
 	}
 }

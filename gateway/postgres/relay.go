@@ -29,6 +29,9 @@ const (
 	// Parameter bounds for db.query events.
 	maxAuditParams     = audit.MaxParameters
 	maxAuditParamBytes = audit.MaxParameterBytes
+	// maxPendingEvents bounds the events held back until the client's
+	// batch is flushed upstream.
+	maxPendingEvents = 64
 )
 
 // policy is what the relay enforces on statements.
@@ -45,8 +48,12 @@ type policy struct {
 type relayConfig struct {
 	policy   policy
 	classify func(string) sqlpolicy.Result
-	// emit records an audit event (db.query, db.denied); it must not block
-	// on storage for db.query.
+	// emit records an audit event (db.query, db.denied) and takes it over
+	// (audit.OwningEmitter): the relay never touches an event again, except
+	// the per-connection Details maps of db.query, which hold constant,
+	// already bounded values and are only used from the client goroutine.
+	// It is called from the client goroutine, after the statements are
+	// flushed upstream, and must not block on storage for db.query.
 	emit func(*audit.Event)
 }
 
@@ -80,6 +87,12 @@ type relay struct {
 	denial      []byte
 	stmts       map[string]*prepared
 	portals     map[string]*portal
+	// pending are audit events of the current client batch, emitted once
+	// the batch is on its way upstream so the database works meanwhile.
+	pending []*audit.Event
+	// Details of db.query events, one map per protocol for the whole
+	// connection instead of one per query.
+	simpleDetails, extendedDetails, fastPathDetails map[string]string
 
 	// Server → client.
 	cw         io.Writer
@@ -98,13 +111,33 @@ type relay struct {
 
 func newRelay(cfg relayConfig, cr *bufio.Reader, uw *bufio.Writer, cw io.Writer) *relay {
 	return &relay{
-		cfg:     cfg,
-		cr:      cr,
-		uw:      uw,
-		cw:      cw,
-		stmts:   make(map[string]*prepared),
-		portals: make(map[string]*portal),
+		cfg:             cfg,
+		cr:              cr,
+		uw:              uw,
+		cw:              cw,
+		stmts:           make(map[string]*prepared),
+		portals:         make(map[string]*portal),
+		simpleDetails:   map[string]string{"protocol": "simple"},
+		extendedDetails: map[string]string{"protocol": "extended"},
+		fastPathDetails: map[string]string{"protocol": "function_call"},
 	}
+}
+
+// record queues ev for emission after the current batch is flushed.
+func (r *relay) record(ev *audit.Event) {
+	r.pending = append(r.pending, ev)
+	if len(r.pending) >= maxPendingEvents {
+		r.emitPending()
+	}
+}
+
+// emitPending hands the queued events to the emitter, in order.
+func (r *relay) emitPending() {
+	for i, ev := range r.pending {
+		r.cfg.emit(ev)
+		r.pending[i] = nil
+	}
+	r.pending = r.pending[:0]
 }
 
 // errTerminated is returned by the client loop after a Terminate message.
@@ -119,14 +152,18 @@ func (e *clientError) Error() string { return e.msg }
 
 // clientLoop relays client messages until the client leaves or an error.
 func (r *relay) clientLoop(ctx context.Context) error {
+	// Whatever ends the loop, what was relayed is recorded.
+	defer r.emitPending()
 	var hdr [5]byte
 	for {
 		// Coalesce pipelined messages into one upstream write, flushing
-		// whenever the client has nothing more buffered.
+		// whenever the client has nothing more buffered; the batch's audit
+		// events are built while the server answers.
 		if r.cr.Buffered() == 0 {
 			if err := r.uw.Flush(); err != nil {
 				return trace.Wrap(err)
 			}
+			r.emitPending()
 		}
 		if _, err := io.ReadFull(r.cr, hdr[:]); err != nil {
 			if err == io.EOF {
@@ -187,7 +224,8 @@ func (r *relay) forward(hdr, body []byte) error {
 }
 
 // stream forwards (or with discard, drops) a frame whose body is not
-// inspected, without buffering it whole.
+// inspected, without buffering it whole. It copies from the read buffer
+// itself: io.CopyN would allocate per message (Sync, Describe...).
 func (r *relay) stream(hdr []byte, n int, discard bool) error {
 	if discard {
 		_, err := r.cr.Discard(n)
@@ -196,8 +234,24 @@ func (r *relay) stream(hdr []byte, n int, discard bool) error {
 	if _, err := r.uw.Write(hdr); err != nil {
 		return trace.Wrap(err)
 	}
-	_, err := io.CopyN(r.uw, r.cr, int64(n))
-	return trace.Wrap(err)
+	for n > 0 {
+		if r.cr.Buffered() == 0 {
+			// Wait for the next read from the client.
+			if _, err := r.cr.Peek(1); err != nil {
+				return trace.Wrap(err)
+			}
+		}
+		b, err := r.cr.Peek(min(n, r.cr.Buffered()))
+		if err != nil {
+			return trace.Wrap(err)
+		}
+		if _, err := r.uw.Write(b); err != nil {
+			return trace.Wrap(err)
+		}
+		_, _ = r.cr.Discard(len(b))
+		n -= len(b)
+	}
+	return nil
 }
 
 func (r *relay) handle(ctx context.Context, typ byte, hdr []byte, n int) error {
@@ -276,7 +330,7 @@ func (r *relay) handle(ctx context.Context, typ byte, hdr []byte, n int) error {
 		}
 		r.rfqExpected++
 		r.statements.Add(1)
-		r.cfg.emit(&audit.Event{Type: audit.EventDBQuery, Success: true, Statement: "<fast-path function call>", Classification: string(res.Class), Details: map[string]string{"protocol": "function_call"}})
+		r.record(&audit.Event{Type: audit.EventDBQuery, Success: true, Statement: "<fast-path function call>", Classification: string(res.Class), Details: r.fastPathDetails})
 		return nil
 	default:
 		return r.stream(hdr, n, false)
@@ -311,7 +365,7 @@ func article(s string) string {
 
 // deny records a refused statement.
 func (r *relay) deny(ctx context.Context, text string, res sqlpolicy.Result, msg, proto string) {
-	r.cfg.emit(&audit.Event{
+	r.record(&audit.Event{
 		Type:           audit.EventDBDenied,
 		Statement:      validUTF8(text),
 		Classification: string(res.Class),
@@ -351,12 +405,12 @@ func (r *relay) query(ctx context.Context, hdr, body []byte) error {
 	}
 	r.rfqExpected++
 	r.statements.Add(1)
-	r.cfg.emit(&audit.Event{
+	r.record(&audit.Event{
 		Type:           audit.EventDBQuery,
 		Success:        true,
 		Statement:      validUTF8(text),
 		Classification: string(res.Class),
-		Details:        map[string]string{"protocol": "simple"},
+		Details:        r.simpleDetails,
 	})
 	return nil
 }
@@ -393,7 +447,13 @@ func (r *relay) bind(body []byte) {
 		return
 	}
 	stmt := r.stmts[stmtName]
-	if _, ok := r.portals[portalName]; !ok && len(r.portals) >= maxTracked {
+	if p := r.portals[portalName]; p != nil {
+		// Reuse the portal: events keep the old params slice, which is
+		// replaced here, never modified.
+		p.stmt, p.params = stmt, bindParams(rest)
+		return
+	}
+	if len(r.portals) >= maxTracked {
 		return
 	}
 	r.portals[portalName] = &portal{stmt: stmt, params: bindParams(rest)}
@@ -493,7 +553,7 @@ func (r *relay) execute(ctx context.Context, body []byte) {
 		return
 	}
 	r.statements.Add(1)
-	ev := &audit.Event{Type: audit.EventDBQuery, Success: true, Details: map[string]string{"protocol": "extended"}}
+	ev := &audit.Event{Type: audit.EventDBQuery, Success: true, Details: r.extendedDetails}
 	if p := r.portals[name]; p != nil {
 		ev.Parameters = p.params
 		if p.stmt != nil {
@@ -504,7 +564,7 @@ func (r *relay) execute(ctx context.Context, body []byte) {
 	if ev.Statement == "" && ev.Classification == "" {
 		ev.Statement = "<statement not tracked>"
 	}
-	r.cfg.emit(ev)
+	r.record(ev)
 }
 
 func (r *relay) close(body []byte) {

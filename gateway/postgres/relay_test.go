@@ -93,6 +93,23 @@ func (h *relayHarness) Events() []*audit.Event {
 	return append([]*audit.Event(nil), h.events...)
 }
 
+// waitEvent polls until the last event recorded is a db.query of stmt
+// and returns all events.
+func (h *relayHarness) waitEvent(t *testing.T, stmt string) []*audit.Event {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		evs := h.Events()
+		if n := len(evs); n > 0 && evs[n-1].Type == audit.EventDBQuery && evs[n-1].Statement == stmt {
+			return evs
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no db.query event for %q; events: %v", stmt, evs)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 func newRelayHarness(t *testing.T, p policy) *relayHarness {
 	t.Helper()
 	cl, err := sqlpolicy.NewClassifier(sqlpolicy.Config{})
@@ -315,8 +332,10 @@ func TestRelay(t *testing.T) {
 			if got := h.server.Seen(); strings.Join(got, "|") != strings.Join(wantServer, "|") {
 				t.Fatalf("server saw %q, want %q", got, wantServer)
 			}
+			// Events are emitted once a batch is flushed upstream, so the
+			// follow-up's may come just after its reply.
+			evs := h.waitEvent(t, "select 2")
 			if tt.check != nil {
-				evs := h.Events()
 				tt.check(t, evs[:len(evs)-1])
 			}
 		})
@@ -420,6 +439,60 @@ func TestUpstreamParams(t *testing.T) {
 	for k, v := range want {
 		if params[k] != v {
 			t.Errorf("%s = %q, want %q", k, params[k], v)
+		}
+	}
+}
+
+// TestRelayForwardsBytesAndRecordsOnExit streams messages larger than
+// the read buffer and checks that what reaches the server is exactly what
+// the client sent, and that the batch's events are emitted by the time
+// the client loop returns.
+func TestRelayForwardsBytesAndRecordsOnExit(t *testing.T) {
+	big := bytes.Repeat([]byte("0123456789"), 10000)
+	for _, tc := range []struct {
+		name string
+		in   []byte
+		want error
+	}{
+		{
+			name: "terminate",
+			in: encodeFrontend(t, &pgproto3.Query{String: "select 1"}, &pgproto3.CopyData{Data: big}, &pgproto3.Describe{ObjectType: 'S', Name: "s"},
+				&pgproto3.Bind{Parameters: [][]byte{big}}, &pgproto3.Execute{}, &pgproto3.Sync{}, &pgproto3.Terminate{}),
+			want: errTerminated,
+		},
+		{
+			name: "eof",
+			in:   encodeFrontend(t, &pgproto3.Query{String: "select 1"}, &pgproto3.CopyData{Data: big}, &pgproto3.Sync{}),
+		},
+	} {
+		// A tiny read buffer splits every message across reads; a large
+		// one holds the whole input, so nothing is emitted before the
+		// loop ends.
+		for _, size := range []int{16, 1 << 20} {
+			t.Run(fmt.Sprintf("%s/%d", tc.name, size), func(t *testing.T) {
+				var up bytes.Buffer
+				var events []*audit.Event
+				r := newRelay(relayConfig{
+					policy:   policy{granted: "read", role: "dev"},
+					classify: stubClassify,
+					emit:     func(ev *audit.Event) { events = append(events, ev) },
+				}, bufio.NewReaderSize(bytes.NewReader(tc.in), size), bufio.NewWriterSize(&up, 64), io.Discard)
+				err := r.clientLoop(context.Background())
+				if !errors.Is(err, tc.want) {
+					t.Fatalf("clientLoop = %v, want %v", err, tc.want)
+				}
+				if tc.want == nil {
+					// On EOF the last batch is still in the write buffer; the
+					// server loses nothing it would have been sent.
+					_ = r.uw.Flush()
+				}
+				if !bytes.Equal(up.Bytes(), tc.in) {
+					t.Fatalf("server got %d bytes, client sent %d (equal prefix: %v)", up.Len(), len(tc.in), bytes.HasPrefix(tc.in, up.Bytes()))
+				}
+				if len(events) == 0 || events[0].Statement != "select 1" || events[0].Details["protocol"] != "simple" {
+					t.Fatalf("events = %v", events)
+				}
+			})
 		}
 	}
 }

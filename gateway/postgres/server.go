@@ -275,8 +275,10 @@ func (s *Server) serveSession(ctx context.Context, sess *session.Session, client
 		policy:   policy{granted: sess.Decision.Statements, role: sess.Decision.Role, writeApproval: sess.Decision.WriteApproval},
 		classify: s.cfg.Classifier.Classify,
 		emit: func(ev *audit.Event) {
-			if err := sess.Emit(emitCtx, ev); err != nil {
-				log.ErrorContext(emitCtx, "Recording an audit event failed.", "type", ev.Type, "error", err)
+			// ev is handed over: its type is read before.
+			typ := ev.Type
+			if err := sess.EmitOwned(emitCtx, ev); err != nil {
+				log.ErrorContext(emitCtx, "Recording an audit event failed.", "type", typ, "error", err)
 			}
 		},
 	}, cr, bufio.NewWriterSize(up.conn, 32<<10), client)

@@ -3,8 +3,11 @@ package badger
 import (
 	"context"
 	"crypto/ed25519"
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
+	"hash"
 	"log/slog"
 	"slices"
 	"sync"
@@ -133,6 +136,11 @@ type Store struct {
 
 	// syncHook replaces DB.Sync in tests that simulate a disk failure.
 	syncHook func() error
+
+	// scratch, lens and ix are write's reusable space (committer only).
+	scratch []byte
+	lens    []int
+	ix      postingBuilder
 }
 
 var _ store.Store = (*Store)(nil)
@@ -575,65 +583,76 @@ func (s *Store) syncLoop() {
 // write assigns seq and hashes in order and writes the batch: its events
 // in chunks, its posting lists and its manifest (see encoding.go). The
 // chain head only advances when everything succeeded.
-
+//
+// The committer is the one serial step of ingest and on two cores the
+// pipeline is CPU-bound, so write avoids per-event allocations: events are
+// encoded back to back into one scratch buffer and copied once into their
+// chunk, and the chain hash reuses one digest.
 func (s *Store) write(batch []*pending) error {
-	seq, prev := s.lastSeq, s.lastHash
+	seq := s.lastSeq
+	h, err := newChainHasher(s.lastHash)
+	if err != nil {
+		return trace.Wrap(err)
+	}
 	wb := s.db.NewWriteBatch()
 	defer wb.Cancel()
 	var (
-		chunk      [][]byte
-		chunkBytes int
+		scratch    = s.scratch[:0]
+		lens       = s.lens[:0]
 		chunkFirst = seq + 1
 	)
 	flushChunk := func() error {
-		if len(chunk) == 0 {
+		if len(lens) == 0 {
 			return nil
 		}
-		v := encodeChunk(make([]byte, 0, chunkBytes+len(chunk)*3+11), chunk)
+		v := encodeChunkLens(make([]byte, 0, len(scratch)+len(lens)*3+11), lens, scratch)
 		if err := wb.Set(eventKey(chunkFirst), v); err != nil {
-			return trace.Wrap(err, "writing audit events %d to %d", chunkFirst, chunkFirst+uint64(len(chunk))-1)
+			return trace.Wrap(err, "writing audit events %d to %d", chunkFirst, chunkFirst+uint64(len(lens))-1)
 		}
-		chunkFirst += uint64(len(chunk))
-		chunk, chunkBytes = chunk[:0], 0
+		chunkFirst += uint64(len(lens))
+		scratch, lens = scratch[:0], lens[:0]
 		return nil
 	}
-	var ix postingBuilder
+	ix := &s.ix
+	defer ix.reset()
 	for _, p := range batch {
 		if p.pre == nil {
 			continue
 		}
 		seq++
-		// The deterministic encoding orders fields by number and seq,
-		// prev_hash and hash are the last three, so appending them to the
-		// encoding of the rest yields exactly the canonical encoding
-		// (audit.CanonicalEncoding) and then the full stored encoding.
-		canon := make([]byte, len(p.pre), len(p.pre)+2*64+24)
-		copy(canon, p.pre)
-		canon = protowire.AppendTag(canon, fieldSeq, protowire.VarintType)
-		canon = protowire.AppendVarint(canon, seq)
-		hash, err := audit.ChainHash(canon, prev)
-		if err != nil {
-			return trace.Wrap(err)
-		}
-		full := canon
-		if prev != "" {
-			full = protowire.AppendTag(full, fieldPrevHash, protowire.BytesType)
-			full = protowire.AppendString(full, prev)
-		}
-		full = protowire.AppendTag(full, fieldHash, protowire.BytesType)
-		full = protowire.AppendString(full, hash)
-		if len(chunk) == maxChunkEvents || len(chunk) > 0 && chunkBytes+len(full) > maxChunkBytes {
+		// Worst case of what the store appends: seq and two hex hashes.
+		if len(lens) == maxChunkEvents || len(lens) > 0 && len(scratch)+len(p.pre)+fullOverhead > maxChunkBytes {
 			if err := flushChunk(); err != nil {
 				return trace.Wrap(err)
 			}
 		}
-		chunk = append(chunk, full)
-		chunkBytes += len(full)
+		// The deterministic encoding orders fields by number and seq,
+		// prev_hash and hash are the last three, so appending them to the
+		// encoding of the rest yields exactly the canonical encoding
+		// (audit.CanonicalEncoding) and then the full stored encoding.
+		start := len(scratch)
+		scratch = append(scratch, p.pre...)
+		scratch = protowire.AppendTag(scratch, fieldSeq, protowire.VarintType)
+		scratch = protowire.AppendVarint(scratch, seq)
+		if h.prevHex != "" {
+			scratch = protowire.AppendTag(scratch, fieldPrevHash, protowire.BytesType)
+			scratch = protowire.AppendString(scratch, h.prevHex)
+		}
+		// Hash the canonical part (up to seq) before appending prev_hash:
+		// hash it from the stored copy, whose prefix is the canonical one.
+		hash := h.next(scratch[start : start+len(p.pre)+protowire.SizeTag(fieldSeq)+protowire.SizeVarint(seq)])
+		scratch = protowire.AppendTag(scratch, fieldHash, protowire.BytesType)
+		scratch = protowire.AppendString(scratch, hash)
+		lens = append(lens, len(scratch)-start)
 		ix.add(p.idx, seq)
-		prev = hash
 	}
 	if err := flushChunk(); err != nil {
 		return trace.Wrap(err)
+	}
+	// Keep the scratch space for the next batch unless one huge batch
+	// grew it past a chunk's worth.
+	if cap(scratch) <= 2*maxChunkBytes {
+		s.scratch, s.lens = scratch[:0], lens[:0]
 	}
 	if first := s.lastSeq + 1; seq >= first {
 		keys, err := ix.write(wb)
@@ -647,14 +666,62 @@ func (s *Store) write(batch []*pending) error {
 	if err := wb.Flush(); err != nil {
 		return trace.Wrap(err, "writing audit batch")
 	}
-	s.lastSeq, s.lastHash = seq, prev
+	s.lastSeq, s.lastHash = seq, h.prevHex
 	return nil
+}
+
+// fullOverhead bounds what write appends to an event's encoding: the seq
+// field and the prev_hash and hash fields (hex SHA-256).
+const fullOverhead = 1 + binary.MaxVarintLen64 + 2*(2+2*sha256.Size)
+
+// chainHasher computes audit.ChainHash for consecutive events without
+// decoding the previous hash from hex or allocating a digest per event.
+type chainHasher struct {
+	d       hash.Hash
+	prev    []byte // raw previous hash
+	prevHex string
+	sum     [sha256.Size]byte
+	hex     [2 * sha256.Size]byte
+}
+
+func newChainHasher(prevHex string) (*chainHasher, error) {
+	prev, err := hex.DecodeString(prevHex)
+	if err != nil {
+		return nil, trace.BadParameter("audit chain head hash %q is not hex", prevHex)
+	}
+	return &chainHasher{d: sha256.New(), prev: prev, prevHex: prevHex}, nil
+}
+
+// next returns hex(SHA-256(canonical || prev)), the audit.ChainHash of the
+// event, and makes it the previous hash.
+func (h *chainHasher) next(canonical []byte) string {
+	h.d.Reset()
+	h.d.Write(canonical)
+	h.d.Write(h.prev)
+	sum := h.d.Sum(h.sum[:0])
+	hex.Encode(h.hex[:], sum)
+	h.prev = append(h.prev[:0], sum...)
+	h.prevHex = string(h.hex[:])
+	return h.prevHex
 }
 
 // postingBuilder groups a batch's index entries by (index, bucket).
 type postingBuilder struct {
 	groups [len(indexes) * maxBuckets][]posting
 }
+
+// reset empties the builder for the next batch, keeping its slices (the
+// committer reuses one builder, so steady-state batches do not regrow them).
+func (b *postingBuilder) reset() {
+	for g := range b.groups {
+		clear(b.groups[g])
+		b.groups[g] = b.groups[g][:0]
+	}
+}
+
+// postingEntryBytes is a typical encoded posting entry (time delta, seq
+// offset, dictionary index), used to size a list's buffer.
+const postingEntryBytes = 8
 
 // maxBuckets is the largest bucket count in indexes.
 const maxBuckets = 16
@@ -687,7 +754,7 @@ func (b *postingBuilder) write(wb *badger.WriteBatch) ([][]byte, error) {
 			for n < len(entries) && n < maxPostingEntries && entries[0].nanos-entries[n].nanos <= maxPostingSpan {
 				n++
 			}
-			h, v := encodePosting(nil, entries[:n])
+			h, v := encodePosting(make([]byte, 0, 64+n*postingEntryBytes), entries[:n])
 			key := postingKey(prefix, h.maxNanos, h.minSeq, h.span)
 			if err := wb.Set(key, v); err != nil {
 				return nil, trace.Wrap(err)

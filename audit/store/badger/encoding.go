@@ -234,6 +234,17 @@ func encodeChunk(dst []byte, events [][]byte) []byte {
 	return dst
 }
 
+// encodeChunkLens is encodeChunk for events stored back to back in
+// events, with lengths lens.
+func encodeChunkLens(dst []byte, lens []int, events []byte) []byte {
+	dst = append(dst, formatVersion)
+	dst = binary.AppendUvarint(dst, uint64(len(lens)))
+	for _, l := range lens {
+		dst = binary.AppendUvarint(dst, uint64(l))
+	}
+	return append(dst, events...)
+}
+
 // decodeChunk splits a chunk into its events' encodings, which alias v.
 func decodeChunk(v []byte) ([][]byte, error) {
 	r := reader{b: v}
@@ -293,8 +304,8 @@ func newer(a, b posting) int {
 // key's head with the value.
 func encodePosting(dst []byte, entries []posting) (postingHead, []byte) {
 	h := postingHead{maxNanos: entries[0].nanos, minSeq: entries[0].seq}
-	dict := make(map[string]uint64, 4)
-	var order []string
+	dict := make(map[string]uint64, min(len(entries), 64))
+	order := make([]string, 0, min(len(entries), 64))
 	for _, e := range entries {
 		h.minSeq = min(h.minSeq, e.seq)
 		if _, ok := dict[e.value]; !ok {

@@ -5,6 +5,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/sigilhq/sigil/audit"
 )
 
 func TestIndexBucketsFit(t *testing.T) {
@@ -141,4 +143,30 @@ func FuzzDecoders(f *testing.F) {
 			}
 		}
 	})
+}
+
+// The committer's chain hasher must produce exactly audit.ChainHash, from
+// an empty chain and from a recovered head, event after event.
+func TestChainHasherMatchesChainHash(t *testing.T) {
+	for _, head := range []string{"", strings.Repeat("ab", 32)} {
+		h, err := newChainHasher(head)
+		if err != nil {
+			t.Fatal(err)
+		}
+		prev := head
+		for i := range 5 {
+			canon := []byte(strings.Repeat("x", i*37))
+			want, err := audit.ChainHash(canon, prev)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := h.next(canon); got != want {
+				t.Fatalf("head %q event %d: hash %s, want %s", head, i, got, want)
+			}
+			prev = want
+		}
+	}
+	if _, err := newChainHasher("not hex"); err == nil || !strings.Contains(err.Error(), "not hex") {
+		t.Fatalf("bad head: want a not-hex error, got %v", err)
+	}
 }
