@@ -155,7 +155,7 @@ one db user or db name.`,
 			}
 			rows := make([][]string, 0, len(dbs))
 			for _, d := range dbs {
-				rows = append(rows, []string{d.GetName(), d.GetProtocol(), renderLabels(d.GetLabels()),
+				rows = append(rows, []string{d.GetName(), d.GetProtocol(), cli.Labels(d.GetLabels()),
 					orNone(strings.Join(d.GetDbUsers(), ",")), orNone(strings.Join(d.GetDbNames(), ","))})
 			}
 			return trace.Wrap(cli.Table(a.stdout, []string{"NAME", "PROTOCOL", "LABELS", "DB USERS", "DB NAMES"}, rows))
@@ -188,19 +188,6 @@ func viewOf(d *sigilv1.DatabaseInfo) dbView {
 		v.DBNames = []string{}
 	}
 	return v
-}
-
-func renderLabels(labels map[string]string) string {
-	keys := make([]string, 0, len(labels))
-	for k := range labels {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	parts := make([]string, 0, len(keys))
-	for _, k := range keys {
-		parts = append(parts, k+"="+labels[k])
-	}
-	return strings.Join(parts, ",")
 }
 
 func listDatabases(ctx context.Context, clt *client.Client, proxy string) ([]*sigilv1.DatabaseInfo, error) {

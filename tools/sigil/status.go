@@ -3,7 +3,6 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"sort"
 	"strings"
 	"time"
 
@@ -12,6 +11,8 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/sigilhq/sigil/api/client"
+
+	"github.com/sigilhq/sigil/tools/internal/cli"
 )
 
 func (a *app) statusCommand() *cobra.Command {
@@ -125,26 +126,13 @@ func renderStatus(v statusView, now time.Time) string {
 	fmt.Fprintf(&b, "  User: %s\n", v.User)
 	fmt.Fprintf(&b, "  Kind: %s\n", v.Kind)
 	fmt.Fprintf(&b, "  Roles: %s\n", orNone(strings.Join(v.Roles, ", ")))
-	fmt.Fprintf(&b, "  Traits: %s\n", orNone(renderTraits(v.Traits)))
+	fmt.Fprintf(&b, "  Traits: %s\n", orNone(cli.Traits(v.Traits)))
 	validity := "EXPIRED"
 	if !v.Expired {
 		validity = "valid for " + humanDuration(v.ValidUntil.Sub(now))
 	}
 	fmt.Fprintf(&b, "  Valid until: %s [%s]\n", v.ValidUntil.UTC().Format("2006-01-02 15:04:05 -0700 MST"), validity)
 	return b.String()
-}
-
-func renderTraits(traits map[string][]string) string {
-	keys := make([]string, 0, len(traits))
-	for k := range traits {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	parts := make([]string, 0, len(keys))
-	for _, k := range keys {
-		parts = append(parts, k+"="+strings.Join(traits[k], ","))
-	}
-	return strings.Join(parts, " ")
 }
 
 func orNone(s string) string {

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"sort"
 	"strings"
 	"time"
 
@@ -229,32 +228,6 @@ func expiresText(md *types.Metadata) string {
 	return md.Expires.UTC().Format(time.RFC3339)
 }
 
-func labelsText(l map[string]string) string {
-	keys := make([]string, 0, len(l))
-	for k := range l {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	parts := make([]string, 0, len(keys))
-	for _, k := range keys {
-		parts = append(parts, k+"="+l[k])
-	}
-	return strings.Join(parts, ",")
-}
-
-func traitsText(t map[string][]string) string {
-	keys := make([]string, 0, len(t))
-	for k := range t {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	parts := make([]string, 0, len(keys))
-	for _, k := range keys {
-		parts = append(parts, k+"="+strings.Join(t[k], ","))
-	}
-	return strings.Join(parts, " ")
-}
-
 // maskToken shows enough of a token to tell tokens apart, not to use one.
 func maskToken(s string) string {
 	if len(s) <= 8 {
@@ -274,10 +247,10 @@ func printTable(w io.Writer, kind string, rs []types.Resource) error {
 			rows = append(rows, []string{md.Name, md.Description})
 		case *types.User:
 			header = []string{"NAME", "ROLES", "TRAITS"}
-			rows = append(rows, []string{md.Name, strings.Join(v.Spec.Roles, ","), traitsText(v.Spec.Traits)})
+			rows = append(rows, []string{md.Name, strings.Join(v.Spec.Roles, ","), cli.Traits(v.Spec.Traits)})
 		case *types.Database:
 			header = []string{"NAME", "PROTOCOL", "URI", "LABELS"}
-			rows = append(rows, []string{md.Name, v.Spec.Protocol, v.Spec.URI, labelsText(md.Labels)})
+			rows = append(rows, []string{md.Name, v.Spec.Protocol, v.Spec.URI, cli.Labels(md.Labels)})
 		case *types.Token:
 			header = []string{"TOKEN", "KIND", "NAME", "ROLES", "EXPIRES"}
 			rows = append(rows, []string{maskToken(md.Name), v.Spec.Kind, v.Spec.BotName, strings.Join(v.Spec.Roles, ","), expiresText(md)})
@@ -286,7 +259,7 @@ func printTable(w io.Writer, kind string, rs []types.Resource) error {
 			rows = append(rows, []string{md.Name, v.Spec.Target.String(), v.Spec.Message, v.Spec.CreatedBy, expiresText(md)})
 		default:
 			header = []string{"NAME", "LABELS", "DESCRIPTION"}
-			rows = append(rows, []string{md.Name, labelsText(md.Labels), md.Description})
+			rows = append(rows, []string{md.Name, cli.Labels(md.Labels), md.Description})
 		}
 	}
 	if len(rs) == 0 {

@@ -23,6 +23,7 @@ import (
 	sigilv1 "github.com/sigilhq/sigil/api/gen/sigil/v1"
 	"github.com/sigilhq/sigil/audit"
 	"github.com/sigilhq/sigil/audit/store"
+	statebadger "github.com/sigilhq/sigil/services/storage/badger"
 )
 
 const (
@@ -184,7 +185,7 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 func badgerOptions(cfg Config, log *slog.Logger) badger.Options {
 	opts := badger.DefaultOptions(cfg.Dir).
 		WithInMemory(cfg.InMemory).
-		WithLogger(badgerLogger{log: log}).
+		WithLogger(statebadger.SlogLogger(log)).
 		WithSyncWrites(false).
 		WithDetectConflicts(false).
 		WithMetricsEnabled(false).

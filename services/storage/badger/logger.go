@@ -5,11 +5,16 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+
+	"github.com/dgraph-io/badger/v4"
 )
 
-// badgerLogger routes badger's printf-style logging into slog. Badger is
+// SlogLogger routes badger's printf-style logging into slog. Badger is
 // chatty at info level (compactions, memtable flushes), so its info and debug
-// output is demoted to slog debug.
+// output is demoted to slog debug. Every badger database here (state
+// storage, the audit log) uses it.
+func SlogLogger(log *slog.Logger) badger.Logger { return badgerLogger{log: log} }
+
 type badgerLogger struct {
 	log *slog.Logger
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sort"
 	"strings"
 	"text/tabwriter"
 
@@ -78,4 +79,32 @@ func Message(err error) string {
 		}
 	}
 	return strings.TrimSpace(trace.UserMessage(err))
+}
+
+// Labels renders labels as "k1=v1,k2=v2", keys sorted.
+func Labels(labels map[string]string) string {
+	keys := make([]string, 0, len(labels))
+	for k := range labels {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, 0, len(keys))
+	for _, k := range keys {
+		parts = append(parts, k+"="+labels[k])
+	}
+	return strings.Join(parts, ",")
+}
+
+// Traits renders traits as "k1=a,b k2=c", keys sorted.
+func Traits(traits map[string][]string) string {
+	keys := make([]string, 0, len(traits))
+	for k := range traits {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, 0, len(keys))
+	for _, k := range keys {
+		parts = append(parts, k+"="+strings.Join(traits[k], ","))
+	}
+	return strings.Join(parts, " ")
 }
