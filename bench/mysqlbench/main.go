@@ -6,10 +6,8 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
 	"os/signal"
 	"runtime"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -101,7 +99,7 @@ func run() (code int) {
 				var perf func()
 				if !profiled && leg == benchenv.LegGateway {
 					profiled = true
-					perf = startPerf(ctx, h, e, o)
+					perf = e.sigil.StartPerf(ctx, o.perfOut, o.warmup, min(time.Duration(o.perfSeconds)*time.Second, o.duration))
 				}
 				r, err := runLoad(ctx, loadSpec{clients: o.clients, warmup: o.warmup, duration: o.duration}, queryWorker(pools[leg], mode, o.rows))
 				if perf != nil {
@@ -146,31 +144,6 @@ func run() (code int) {
 
 // startPerf records sigild with perf from the end of the warm-up for
 // perfSeconds; the returned func waits for perf to finish.
-func startPerf(ctx context.Context, h *benchenv.Harness, e *benchEnv, o options) func() {
-	pid := e.sigil.DaemonPID()
-	if pid == 0 {
-		h.Fatalf("sigild's pid not found for perf")
-	}
-	secs := min(o.perfSeconds, int(o.duration/time.Second))
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		select {
-		case <-time.After(o.warmup):
-		case <-ctx.Done():
-			return
-		}
-		cmd := exec.CommandContext(ctx, "perf", "record", "-F", "999", "-g", "-p", strconv.Itoa(pid), "-o", o.perfOut,
-			"--", "sleep", strconv.Itoa(secs))
-		if out, err := cmd.CombinedOutput(); err != nil {
-			h.Logf("perf record: %v\n%s", err, out)
-			return
-		}
-		h.Logf("perf record of sigild (pid %d, %ds) in %s", pid, secs, o.perfOut)
-	}()
-	return func() { <-done }
-}
-
 // report accumulates the measurements of all rounds.
 type report struct {
 	opts          options

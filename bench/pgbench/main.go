@@ -39,6 +39,7 @@ type options struct {
 	modes        []string
 	rounds       int
 	outDir       string
+	perfOut      string
 }
 
 func main() { os.Exit(run()) }
@@ -56,6 +57,7 @@ func run() (code int) {
 	flag.StringVar(&modes, "modes", "prepared,simple", "comma-separated pgbench -M query protocols")
 	flag.IntVar(&o.rounds, "rounds", 1, "times to repeat the interleaved direct/gateway/tunnel legs")
 	flag.StringVar(&o.outDir, "out", "bench/results", "directory for pgbench-<date>.md (empty: stdout only)")
+	flag.StringVar(&o.perfOut, "perf", "", "write `perf record -g` of sigild during the first gateway leg to this file")
 	flag.Parse()
 	o.modes = strings.Split(modes, ",")
 	if o.duration < time.Second || o.connDuration < time.Second || o.rounds < 1 || o.clients < 1 || o.jobs < 1 {
@@ -79,10 +81,12 @@ func run() (code int) {
 	rep := &report{opts: o, date: start, loadBefore: loadBefore, pgVersion: pgbenchVersion(o.pgbench)}
 
 	measure := func(leg string, s runSpec) result {
+		cpu := e.sigil.CPU()
 		r, err := runPgbench(ctx, o.pgbench, e.legs[leg], s)
 		if err != nil {
 			h.Fatalf("%s leg: %v\nsigild log tail:\n%s", leg, err, benchenv.Tail(e.sigil.Daemon.Stderr(), 4000))
 		}
+		r.sigilCPU = e.sigil.CPU() - cpu
 		return r
 	}
 	for _, leg := range legs {
@@ -96,7 +100,14 @@ func run() (code int) {
 			for _, leg := range legs {
 				h.Logf("round %d: %s -M %s, %s", round+1, leg, mode, o.duration)
 				logDir := h.TempDir()
+				var perf func()
+				if o.perfOut != "" && round == 0 && mode == o.modes[0] && leg == benchenv.LegGateway {
+					perf = e.sigil.StartPerf(ctx, o.perfOut, time.Second, o.duration-2*time.Second)
+				}
 				r := measure(leg, runSpec{clients: o.clients, jobs: o.jobs, duration: o.duration, mode: mode, logDir: logDir})
+				if perf != nil {
+					perf()
+				}
 				rep.addTx(mode, leg, r, benchenv.LoadAvg())
 			}
 		}
@@ -166,6 +177,9 @@ func (r *report) addTx(mode, leg string, res result, load string) {
 		r.tx[mode][leg] = &benchenv.Agg{}
 	}
 	r.tx[mode][leg].Add(res.tps, res.connTime, res.latencies, load)
+	if leg != benchenv.LegDirect {
+		r.tx[mode][leg].AddCPU(res.sigilCPU, res.tps*r.opts.duration.Seconds())
+	}
 }
 
 func (r *report) addConn(leg string, res result, load string) {
@@ -176,6 +190,9 @@ func (r *report) addConn(leg string, res result, load string) {
 		r.conn[leg] = &benchenv.Agg{}
 	}
 	r.conn[leg].Add(res.tps, res.connTime, res.latencies, load)
+	if leg != benchenv.LegDirect {
+		r.conn[leg].AddCPU(res.sigilCPU, res.tps*r.opts.connDuration.Seconds())
+	}
 }
 
 func (r *report) markdown() string {
@@ -193,8 +210,8 @@ func (r *report) markdown() string {
 		r.auditEvents, audit.EventDBQuery)
 
 	fmt.Fprintf(&b, "## Throughput and latency: `pgbench -S -n -c %d -j %d -T %d -M <mode>`\n\n", o.clients, o.jobs, int(o.duration/time.Second))
-	b.WriteString("| mode | leg | TPS | × direct | p50 ms | p99 ms | added p50 ms | added p99 ms | load 1m |\n")
-	b.WriteString("|---|---|---:|---:|---:|---:|---:|---:|---|\n")
+	b.WriteString("| mode | leg | TPS | × direct | p50 ms | p99 ms | added p50 ms | added p99 ms | Sigil CPU µs/tx | load 1m |\n")
+	b.WriteString("|---|---|---:|---:|---:|---:|---:|---:|---:|---|\n")
 	var verdicts []string
 	for _, mode := range o.modes {
 		base := r.tx[mode][legDirect]
@@ -209,8 +226,8 @@ func (r *report) markdown() string {
 				added50 = fmt.Sprintf("%+.3f", a.Pct(50)-base.Pct(50))
 				added99 = fmt.Sprintf("%+.3f", a.Pct(99)-base.Pct(99))
 			}
-			fmt.Fprintf(&b, "| %s | %s | %.0f | %.2f | %.3f | %.3f | %s | %s | %s |\n",
-				mode, leg, a.MeanRate(), ratio, a.Pct(50), a.Pct(99), added50, added99, strings.Join(a.Loads, ", "))
+			fmt.Fprintf(&b, "| %s | %s | %.0f | %.2f | %.3f | %.3f | %s | %s | %s | %s |\n",
+				mode, leg, a.MeanRate(), ratio, a.Pct(50), a.Pct(99), added50, added99, a.CPUCell(), strings.Join(a.Loads, ", "))
 			if leg == legGateway {
 				verdict := "met"
 				if ratio < targetRatio {
@@ -224,15 +241,15 @@ func (r *report) markdown() string {
 
 	fmt.Fprintf(&b, "## New connections: `pgbench -S -n -C -c %d -j %d -T %d -M simple`\n\n", o.clients, o.jobs, int(o.connDuration/time.Second))
 	b.WriteString("Each transaction opens and closes a connection, so TPS is connections/s.\n\n")
-	b.WriteString("| leg | connections/s | × direct | avg connection time ms | load 1m |\n")
-	b.WriteString("|---|---:|---:|---:|---|\n")
+	b.WriteString("| leg | connections/s | × direct | avg connection time ms | Sigil CPU µs/connection | load 1m |\n")
+	b.WriteString("|---|---:|---:|---:|---:|---|\n")
 	if base := r.conn[legDirect]; base != nil {
 		for _, leg := range legs {
 			a := r.conn[leg]
 			if a == nil {
 				continue
 			}
-			fmt.Fprintf(&b, "| %s | %.0f | %.2f | %.3f | %s |\n", leg, a.MeanRate(), a.MeanRate()/base.MeanRate(), a.MeanConnTime(), strings.Join(a.Loads, ", "))
+			fmt.Fprintf(&b, "| %s | %.0f | %.2f | %.3f | %s | %s |\n", leg, a.MeanRate(), a.MeanRate()/base.MeanRate(), a.MeanConnTime(), a.CPUCell(), strings.Join(a.Loads, ", "))
 		}
 	}
 	b.WriteString("\nReproduce: `make bench-pg` (see bench/README.md).\n")

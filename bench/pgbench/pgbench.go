@@ -48,6 +48,8 @@ type result struct {
 	failed   int64
 	// latencies are per-transaction times in microseconds, from -l.
 	latencies []int64
+	// sigilCPU is the CPU time sigild and the tunnel used during the run.
+	sigilCPU time.Duration
 }
 
 var (

@@ -2,6 +2,7 @@ package benchenv
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -10,12 +11,14 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
 	"math/big"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"connectrpc.com/connect"
@@ -32,6 +35,9 @@ type Sigil struct {
 	Daemon *testenv.Daemon
 	// TLSCA is the path of the daemon's TLS CA (PEM).
 	TLSCA string
+
+	mu         sync.Mutex
+	tunnelPIDs []int
 }
 
 // StartSigil starts sigild (query audit on, as by default).
@@ -141,6 +147,9 @@ func (s *Sigil) StartTunnel(ctx context.Context, home, database, dbUser, dbName 
 	if err := cmd.Start(); err != nil {
 		s.H.Fatal(err)
 	}
+	s.mu.Lock()
+	s.tunnelPIDs = append(s.tunnelPIDs, cmd.Process.Pid)
+	s.mu.Unlock()
 	s.H.Cleanup(func() {
 		cancel()
 		_ = cmd.Wait()
@@ -196,6 +205,77 @@ func (s *Sigil) DaemonPID() int {
 		}
 	}
 	return 0
+}
+
+// StartPerf runs "perf record -g" on sigild for dur after delay, writing
+// out, in the background; the returned func waits for it to finish.
+func (s *Sigil) StartPerf(ctx context.Context, out string, delay, dur time.Duration) func() {
+	pid := s.DaemonPID()
+	if pid == 0 {
+		s.H.Fatalf("sigild's pid not found for perf")
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		select {
+		case <-time.After(delay):
+		case <-ctx.Done():
+			return
+		}
+		secs := strconv.Itoa(max(1, int(dur/time.Second)))
+		cmd := exec.CommandContext(ctx, "perf", "record", "-F", "999", "-g", "-p", strconv.Itoa(pid), "-o", out, "--", "sleep", secs)
+		if b, err := cmd.CombinedOutput(); err != nil {
+			s.H.Logf("perf record: %v\n%s", err, b)
+			return
+		}
+		s.H.Logf("perf record of sigild (pid %d, %ss) in %s", pid, secs, out)
+	}()
+	return func() { <-done }
+}
+
+// CPU is the CPU time (user + system) sigild and the tunnels started by
+// StartTunnel have used so far; a leg's share is the difference across it.
+func (s *Sigil) CPU() time.Duration {
+	s.mu.Lock()
+	pids := append([]int{s.DaemonPID()}, s.tunnelPIDs...)
+	s.mu.Unlock()
+	var total time.Duration
+	for _, pid := range pids {
+		total += ProcCPU(pid)
+	}
+	return total
+}
+
+// clockTicks is USER_HZ, the unit of /proc/PID/stat times: 100 on every
+// Linux architecture Go supports.
+const clockTicks = 100
+
+// ProcCPU is the user + system CPU time of process pid from
+// /proc/PID/stat; 0 when the process is gone or pid is 0.
+func ProcCPU(pid int) time.Duration {
+	if pid <= 0 {
+		return 0
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The command name (field 2) may hold spaces: fields count from the
+	// last ')'. utime and stime are fields 14 and 15.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0
+	}
+	return time.Duration(utime+stime) * time.Second / clockTicks
 }
 
 // DirectClientCert makes a throwaway CA and a client certificate with

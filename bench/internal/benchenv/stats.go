@@ -1,12 +1,14 @@
 package benchenv
 
 import (
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
+	"time"
 )
 
 // Legs, in report order; ratios are against LegDirect.
@@ -52,8 +54,29 @@ type Agg struct {
 	// Latencies are per operation, in microseconds, all rounds.
 	Latencies []int64
 	// Loads are the 1-minute load averages at the end of each round.
-	Loads  []string
-	sorted bool
+	Loads []string
+	// CPUPerOp is Sigil's CPU time (gateway plus tunnel) per operation in
+	// microseconds, one per round where it was measured. Unlike rates it
+	// hardly depends on what else the machine runs, so it is what tells
+	// whether a gateway change made the hot path cheaper.
+	CPUPerOp []float64
+	sorted   bool
+}
+
+// AddCPU records one round's Sigil CPU time spent on ops operations.
+func (a *Agg) AddCPU(cpu time.Duration, ops float64) {
+	if ops > 0 {
+		a.CPUPerOp = append(a.CPUPerOp, float64(cpu.Microseconds())/ops)
+	}
+}
+
+// CPUCell is the mean of CPUPerOp for a report table: empty when not
+// measured (the direct leg).
+func (a *Agg) CPUCell() string {
+	if len(a.CPUPerOp) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("%.0f", Mean(a.CPUPerOp))
 }
 
 // Add records one round: its rate (TPS, QPS or connections/s), average
