@@ -336,3 +336,67 @@ func TestSearchAcrossBatches(t *testing.T) {
 		check(t, s, q)
 	}
 }
+
+// Non-durable appends wait at most CommitDelay for company; a durable
+// append or a Flush does not wait for the delay, and takes the waiting
+// non-durable events with it.
+func TestCommitDelay(t *testing.T) {
+	_, priv := newKey(t)
+	ctx := context.Background()
+	query := func(i int) *sigilv1.AuditEvent {
+		return &sigilv1.AuditEvent{Type: audit.EventDBQuery, Statement: fmt.Sprintf("SELECT %d", i)}
+	}
+
+	t.Run("durable ends the wait", func(t *testing.T) {
+		s, err := New(ctx, Config{InMemory: true, Signer: priv, CommitDelay: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		for i := range 3 {
+			if err := s.Append(ctx, query(i), false); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got := s.LastSeq(); got != 0 {
+			t.Fatalf("LastSeq %d before anything durable with a 1h delay, want 0", got)
+		}
+		waitCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		if err := s.Append(waitCtx, &sigilv1.AuditEvent{Type: audit.EventDBSessionStart}, true); err != nil {
+			t.Fatalf("durable append with a 1h commit delay: %v", err)
+		}
+		if got := s.LastSeq(); got != 4 {
+			t.Fatalf("LastSeq %d after the durable append, want 4 (three queries before it)", got)
+		}
+		evs, err := s.Range(ctx, 1, 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(evs) != 4 || evs[0].Statement != "SELECT 0" || evs[3].Type != audit.EventDBSessionStart {
+			t.Fatalf("stored events out of order: %v", evs)
+		}
+	})
+
+	t.Run("delay commits alone", func(t *testing.T) {
+		s, err := New(ctx, Config{InMemory: true, Signer: priv, CommitDelay: 5 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		nctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		committed := s.Notify(nctx)
+		if err := s.Append(ctx, query(1), false); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case seq := <-committed:
+			if seq != 1 {
+				t.Fatalf("first commit published seq %d, want 1", seq)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("a lone non-durable event was never committed")
+		}
+	})
+}
