@@ -469,7 +469,9 @@ func myClientCharset(a *ast.VariableAssignment) verdict {
 	switch {
 	case a.IsGlobal || a.IsInstance:
 		return admin("SET GLOBAL " + mySetName(a))
-	case cs == "":
+	case cs == "" || strings.Trim(cs, "0123456789") == "":
+		// The server also takes a collation number, which may name any
+		// character set, unsafe ones included.
 		return unknown("SET " + mySetName(a) + " to a value that is not a character set name")
 	case mysqlUnsafeCharsets[cs]:
 		return unknown("SET " + mySetName(a) + " " + cs + ": its multibyte characters may contain a backslash byte")

@@ -210,6 +210,8 @@ func TestClassifyMySQL(t *testing.T) {
 		{"SET NAMES gbk", ClassUnknown, "SET NAMES gbk: its multibyte characters may contain a backslash byte"},
 		{"SET character_set_client = gbk", ClassUnknown, "may contain a backslash byte"},
 		{"SET NAMES DEFAULT", ClassUnknown, "not a character set name"},
+		// 28 is gbk_chinese_ci: a collation number names a character set.
+		{"SET character_set_client = 28", ClassUnknown, "not a character set name"},
 		{"SET NAMES sjis", ClassUnknown, "Unknown character set"},
 		{"SELECT '\xbf\\' ; DROP TABLE t; -- '", ClassUnknown, "meaning depends on the connection character set"},
 	}

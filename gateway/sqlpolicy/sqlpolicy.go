@@ -141,8 +141,10 @@ func (c *Classifier) Classify(sql string) Result {
 		return Result{Class: ClassUnknown, Reason: fmt.Sprintf("statement too large (%d bytes, limit %d)", len(sql), c.cfg.MaxStatementBytes)}
 	}
 	cacheable := len(sql) <= c.cfg.CacheEntryMaxBytes
+	key := sql
 	if cacheable {
-		if r, ok := c.cache.get(sql); ok {
+		key = shapeKey(sql)
+		if r, ok := c.cache.get(key); ok {
 			c.hits.Add(1)
 			return r
 		}
@@ -150,7 +152,7 @@ func (c *Classifier) Classify(sql string) Result {
 	c.misses.Add(1)
 	r := c.classifyUncached(sql)
 	if cacheable {
-		c.cache.add(sql, r)
+		c.cache.add(key, r)
 	}
 	return r
 }
