@@ -57,8 +57,9 @@ type relayConfig struct {
 	classify func(string) sqlpolicy.Result
 	// identity is the statement that sets @sigil_identity.
 	identity string
-	// emit records an audit event; it must not block on storage for
-	// db.query.
+	// emit records an audit event and takes it over
+	// (audit.OwningEmitter): the relay builds each event fresh and never
+	// touches it again. It must not block on storage for db.query.
 	emit func(*audit.Event)
 	// checkDBName re-checks a database the client switches to.
 	checkDBName func(ctx context.Context, name string) error

@@ -18,7 +18,6 @@ import (
 	"github.com/gravitational/trace"
 
 	"github.com/sigilhq/sigil/api/types"
-	"github.com/sigilhq/sigil/audit"
 	"github.com/sigilhq/sigil/gateway/mux"
 	"github.com/sigilhq/sigil/gateway/session"
 	"github.com/sigilhq/sigil/gateway/sqlpolicy"
@@ -363,16 +362,13 @@ func (s *Server) serveSession(ctx context.Context, sess *session.Session, c *cli
 	}
 	_ = c.conn.SetDeadline(time.Time{})
 
-	emitCtx := context.WithoutCancel(ctx)
 	r := newRelay(relayConfig{
 		policy:   policy{granted: sess.Decision.Statements, role: sess.Decision.Role, writeApproval: sess.Decision.WriteApproval},
 		classify: s.cfg.Classifier.Classify,
 		identity: identitySQL(sess),
-		emit: func(ev *audit.Event) {
-			if err := sess.Emit(emitCtx, ev); err != nil {
-				log.ErrorContext(emitCtx, "Recording an audit event failed.", "type", ev.Type, "error", err)
-			}
-		},
+		// Events are handed over (audit.OwningEmitter): the relay builds
+		// each one fresh and never touches it after emit.
+		emit:        sess.Recorder(ctx, log),
 		checkDBName: sess.CheckDBName,
 		findKill: func(id uint64) *killEntry {
 			return s.killTarget(sess.Identity.Name, sess.Database.Metadata.Name, id)

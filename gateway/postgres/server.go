@@ -19,7 +19,6 @@ import (
 	"github.com/gravitational/trace"
 
 	"github.com/sigilhq/sigil/api/types"
-	"github.com/sigilhq/sigil/audit"
 	"github.com/sigilhq/sigil/gateway/mux"
 	"github.com/sigilhq/sigil/gateway/session"
 	"github.com/sigilhq/sigil/gateway/sqlpolicy"
@@ -270,17 +269,10 @@ func (s *Server) serveSession(ctx context.Context, sess *session.Session, client
 		return session.Stats{Err: err}
 	}
 
-	emitCtx := context.WithoutCancel(ctx)
 	r := newRelay(relayConfig{
 		policy:   policy{granted: sess.Decision.Statements, role: sess.Decision.Role, writeApproval: sess.Decision.WriteApproval},
 		classify: s.cfg.Classifier.Classify,
-		emit: func(ev *audit.Event) {
-			// ev is handed over: its type is read before.
-			typ := ev.Type
-			if err := sess.EmitOwned(emitCtx, ev); err != nil {
-				log.ErrorContext(emitCtx, "Recording an audit event failed.", "type", typ, "error", err)
-			}
-		},
+		emit:     sess.Recorder(ctx, log),
 	}, cr, bufio.NewWriterSize(up.conn, 32<<10), client)
 
 	clientDone := make(chan error, 1)

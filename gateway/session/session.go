@@ -349,6 +349,21 @@ func (s *Session) EmitOwned(ctx context.Context, ev *audit.Event) error {
 	return trace.Wrap(audit.EmitOwned(ctx, s.m.cfg.Emitter, ev))
 }
 
+// Recorder returns what a relay calls per statement event: EmitOwned,
+// not bound to the connection's context (the events of a connection that
+// is ending are still recorded), with failures logged rather than
+// returned, since the session already started durably and a relay has no
+// one to return them to (a failed store refuses new sessions instead).
+func (s *Session) Recorder(ctx context.Context, log *slog.Logger) func(*audit.Event) {
+	ctx = context.WithoutCancel(ctx)
+	return func(ev *audit.Event) {
+		typ := ev.Type // ev is handed over: read before
+		if err := s.EmitOwned(ctx, ev); err != nil {
+			log.ErrorContext(ctx, "Recording an audit event failed.", "type", typ, "error", err)
+		}
+	}
+}
+
 func (s *Session) stamp(ev *audit.Event) {
 	ev.SessionId = s.ID
 	ev.Identity = s.auditID

@@ -36,7 +36,7 @@ const (
 	DefaultQueueSize = 32 * 1024
 	// DefaultCommitDelay is how long a non-durable event (db.query) may
 	// wait for company before its group is committed.
-	DefaultCommitDelay = 20 * time.Millisecond
+	DefaultCommitDelay = 50 * time.Millisecond
 )
 
 // Field numbers of AuditEvent that the store appends itself; see commit.
