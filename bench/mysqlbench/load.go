@@ -28,6 +28,9 @@ type loadSpec struct {
 	clients  int
 	warmup   time.Duration
 	duration time.Duration
+	// cpu, when set, reads Sigil's CPU time; it is sampled at the end of
+	// the warm-up and of the run.
+	cpu func() time.Duration
 }
 
 // loadResult is what one run measured.
@@ -38,6 +41,8 @@ type loadResult struct {
 	meanMs float64
 	// latencies are the recorded operations' times in microseconds, sorted.
 	latencies []int64
+	// sigilCPU is Sigil's CPU time over the recorded window (spec.cpu).
+	sigilCPU time.Duration
 }
 
 // op is one timed operation of a worker.
@@ -66,6 +71,11 @@ func runLoad(ctx context.Context, s loadSpec, newWorker worker) (loadResult, err
 	recordFrom := start.Add(s.warmup)
 	end := recordFrom.Add(s.duration)
 	lat := make([][]int64, s.clients)
+	cpuFrom := make(chan time.Duration, 1)
+	if s.cpu != nil {
+		t := time.AfterFunc(s.warmup, func() { cpuFrom <- s.cpu() })
+		defer t.Stop()
+	}
 	var wg sync.WaitGroup
 	for i, o := range ops {
 		wg.Add(1)
@@ -94,6 +104,10 @@ func runLoad(ctx context.Context, s loadSpec, newWorker worker) (loadResult, err
 	if err := context.Cause(ctx); err != nil {
 		return loadResult{}, err
 	}
+	var sigilCPU time.Duration
+	if s.cpu != nil {
+		sigilCPU = s.cpu() - <-cpuFrom
+	}
 	var all []int64
 	var sum int64
 	for _, l := range lat {
@@ -110,6 +124,7 @@ func runLoad(ctx context.Context, s loadSpec, newWorker worker) (loadResult, err
 		rate:      float64(len(all)) / s.duration.Seconds(),
 		meanMs:    float64(sum) / float64(len(all)) / 1000,
 		latencies: all,
+		sigilCPU:  sigilCPU,
 	}, nil
 }
 

@@ -101,7 +101,7 @@ func run() (code int) {
 					profiled = true
 					perf = e.sigil.StartPerf(ctx, o.perfOut, o.warmup, min(time.Duration(o.perfSeconds)*time.Second, o.duration))
 				}
-				r, err := runLoad(ctx, loadSpec{clients: o.clients, warmup: o.warmup, duration: o.duration}, queryWorker(pools[leg], mode, o.rows))
+				r, err := runLoad(ctx, loadSpec{clients: o.clients, warmup: o.warmup, duration: o.duration, cpu: e.sigil.CPU}, queryWorker(pools[leg], mode, o.rows))
 				if perf != nil {
 					perf()
 				}
@@ -117,7 +117,7 @@ func run() (code int) {
 			if err != nil {
 				fail(leg, err)
 			}
-			r, err := runLoad(ctx, loadSpec{clients: o.clients, warmup: min(o.warmup, time.Second), duration: o.connDuration}, connectWorker(connector))
+			r, err := runLoad(ctx, loadSpec{clients: o.clients, warmup: min(o.warmup, time.Second), duration: o.connDuration, cpu: e.sigil.CPU}, connectWorker(connector))
 			if err != nil {
 				fail(leg, err)
 			}
@@ -142,8 +142,6 @@ func run() (code int) {
 	return 0
 }
 
-// startPerf records sigild with perf from the end of the warm-up for
-// perfSeconds; the returned func waits for perf to finish.
 // report accumulates the measurements of all rounds.
 type report struct {
 	opts          options
@@ -167,6 +165,9 @@ func (r *report) addQuery(mode, leg string, res loadResult, load string) {
 		r.query[mode][leg] = &benchenv.Agg{}
 	}
 	r.query[mode][leg].Add(res.rate, 0, res.latencies, load)
+	if leg != benchenv.LegDirect {
+		r.query[mode][leg].AddCPU(res.sigilCPU, res.rate*r.opts.duration.Seconds())
+	}
 }
 
 func (r *report) addConn(leg string, res loadResult, load string) {
@@ -177,6 +178,9 @@ func (r *report) addConn(leg string, res loadResult, load string) {
 		r.conn[leg] = &benchenv.Agg{}
 	}
 	r.conn[leg].Add(res.rate, res.meanMs, res.latencies, load)
+	if leg != benchenv.LegDirect {
+		r.conn[leg].AddCPU(res.sigilCPU, res.rate*r.opts.connDuration.Seconds())
+	}
 }
 
 var modeDescription = map[string]string{
@@ -201,8 +205,8 @@ func (r *report) markdown() string {
 		r.auditEvents, audit.EventDBQuery)
 
 	fmt.Fprintf(&b, "## Throughput and latency: %d clients, %s per leg\n\n", o.clients, o.duration)
-	b.WriteString("| mode | leg | QPS | × direct | p50 ms | p99 ms | added p50 ms | added p99 ms | load 1m |\n")
-	b.WriteString("|---|---|---:|---:|---:|---:|---:|---:|---|\n")
+	b.WriteString("| mode | leg | QPS | × direct | p50 ms | p99 ms | added p50 ms | added p99 ms | Sigil CPU µs/query | load 1m |\n")
+	b.WriteString("|---|---|---:|---:|---:|---:|---:|---:|---:|---|\n")
 	var verdicts []string
 	for _, mode := range o.modes {
 		base := r.query[mode][benchenv.LegDirect]
@@ -217,8 +221,8 @@ func (r *report) markdown() string {
 				added50 = fmt.Sprintf("%+.3f", a.Pct(50)-base.Pct(50))
 				added99 = fmt.Sprintf("%+.3f", a.Pct(99)-base.Pct(99))
 			}
-			fmt.Fprintf(&b, "| %s | %s | %.0f | %.2f | %.3f | %.3f | %s | %s | %s |\n",
-				modeDescription[mode], leg, a.MeanRate(), ratio, a.Pct(50), a.Pct(99), added50, added99, strings.Join(a.Loads, ", "))
+			fmt.Fprintf(&b, "| %s | %s | %.0f | %.2f | %.3f | %.3f | %s | %s | %s | %s |\n",
+				modeDescription[mode], leg, a.MeanRate(), ratio, a.Pct(50), a.Pct(99), added50, added99, a.CPUCell(), strings.Join(a.Loads, ", "))
 			if leg == benchenv.LegGateway {
 				verdict := "met"
 				if ratio < benchenv.TargetRatio {
@@ -232,16 +236,16 @@ func (r *report) markdown() string {
 
 	fmt.Fprintf(&b, "## New connections: %d clients, %s per leg\n\n", o.clients, o.connDuration)
 	b.WriteString("Each operation opens a connection (TCP, TLS, MySQL handshake), pings it and closes it.\n\n")
-	b.WriteString("| leg | connections/s | × direct | mean ms | p50 ms | p99 ms | load 1m |\n")
-	b.WriteString("|---|---:|---:|---:|---:|---:|---|\n")
+	b.WriteString("| leg | connections/s | × direct | mean ms | p50 ms | p99 ms | Sigil CPU µs/connection | load 1m |\n")
+	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---|\n")
 	if base := r.conn[benchenv.LegDirect]; base != nil {
 		for _, leg := range benchenv.Legs {
 			a := r.conn[leg]
 			if a == nil {
 				continue
 			}
-			fmt.Fprintf(&b, "| %s | %.0f | %.2f | %.3f | %.3f | %.3f | %s |\n", leg, a.MeanRate(), a.MeanRate()/base.MeanRate(),
-				a.MeanConnTime(), a.Pct(50), a.Pct(99), strings.Join(a.Loads, ", "))
+			fmt.Fprintf(&b, "| %s | %.0f | %.2f | %.3f | %.3f | %.3f | %s | %s |\n", leg, a.MeanRate(), a.MeanRate()/base.MeanRate(),
+				a.MeanConnTime(), a.Pct(50), a.Pct(99), a.CPUCell(), strings.Join(a.Loads, ", "))
 		}
 	}
 	b.WriteString("\nReproduce: `make bench-mysql` (see bench/README.md).\n")

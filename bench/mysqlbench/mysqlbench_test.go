@@ -94,16 +94,18 @@ func TestReportMarkdown(t *testing.T) {
 	} {
 		res := lat(tc.ms...)
 		res.rate = tc.rate
+		// 900 q/s for the 20s default: 18000 queries in 1.8 s of CPU.
+		res.sigilCPU = time.Duration(tc.rate*2) * time.Millisecond
 		r.addQuery(tc.mode, tc.leg, res, "1.00 2.00 3.00")
 	}
 	r.addConn(benchenv.LegDirect, loadResult{rate: 100, meanMs: 80, latencies: []int64{80000}}, "2.50 1 1")
 	r.addConn(benchenv.LegGateway, loadResult{rate: 50, meanMs: 160, latencies: []int64{160000}}, "2.50 1 1")
 	md := r.markdown()
 	for _, want := range []string{
-		"| prepared (server-side, `COM_STMT_EXECUTE`) | gateway | 900 | 0.90 | 2.000 | 4.000 | +1.000 | +2.000 | 1.00 |",
-		"| text (`COM_QUERY`) | gateway | 500 | 0.50 | 3.000 | 6.000 | +2.000 | +4.000 | 1.00 |",
+		"| prepared (server-side, `COM_STMT_EXECUTE`) | gateway | 900 | 0.90 | 2.000 | 4.000 | +1.000 | +2.000 | 100 | 1.00 |",
+		"| text (`COM_QUERY`) | gateway | 500 | 0.50 | 3.000 | 6.000 | +2.000 | +4.000 | 100 | 1.00 |",
 		"Target gateway ≥ 0.85× direct QPS: prepared 0.90× (met), text 0.50× (MISSED).",
-		"| gateway | 50 | 0.50 | 160.000 | 160.000 | 160.000 | 2.50 |",
+		"| gateway | 50 | 0.50 | 160.000 | 160.000 | 160.000 | 0 | 2.50 |",
 		"MariaDB 10.11.6-MariaDB, `items` with 10 rows",
 	} {
 		if !strings.Contains(md, want) {
