@@ -12,7 +12,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -42,16 +41,15 @@ func startMyEnv(t *testing.T) *myEnv {
 		t.Fatalf("sigild did not print its MySQL listener:\n%s", d.Stdout())
 	}
 	e := &myEnv{pgEnv: &pgEnv{t: t, d: d}}
-	e.ca = filepath.Join(t.TempDir(), "tls-ca.pem")
-	if err := os.WriteFile(e.ca, []byte(e.mustCtl("auth", "export", "--type", "tls-ca").Stdout), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	certDir := t.TempDir()
-	e.mustCtl("auth", "sign", "--format", "mysql", "--host", "localhost,127.0.0.1", "--out", certDir)
-	e.my = testenv.StartMariaDB(t, testenv.MariaDBConfig{CertDir: certDir})
-	e.mustCtl("db", "add", "my1", "--protocol", "mysql", "--uri", e.my.Addr, "--labels", "env=dev")
-	roles := filepath.Join(t.TempDir(), "roles.yaml")
-	if err := os.WriteFile(roles, []byte(`kind: role
+	e.addDatabase("mysql", "my1", myRoles, func(certDir string) string {
+		e.my = testenv.StartMariaDB(t, testenv.MariaDBConfig{CertDir: certDir})
+		return e.my.Addr
+	})
+	return e
+}
+
+// myRoles are the roles of the MySQL tests.
+const myRoles = `kind: role
 version: v1
 metadata: {name: my-read}
 spec:
@@ -72,12 +70,7 @@ spec:
       db_users: [writer]
       db_names: [app]
       statements: write
-`), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	e.mustCtl("create", "-f", roles)
-	return e
-}
+`
 
 // myCert is a routed certificate for my1 with its parsed TLS material.
 type myCert struct {

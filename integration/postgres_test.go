@@ -210,16 +210,36 @@ func startPgEnv(t *testing.T) *pgEnv {
 	d := testenv.StartDaemon(t, "")
 	e := &pgEnv{t: t, d: d}
 	e.host, e.port, _ = strings.Cut(d.Addr, ":")
+	e.addDatabase("postgres", "pg1", pgRoles, func(certDir string) string {
+		e.pg = testenv.StartPostgres(t, testenv.PostgresConfig{CertDir: certDir})
+		return e.pg.Addr
+	})
+	return e
+}
+
+// addDatabase saves the gateway's TLS CA for clients, signs a server
+// certificate in format ("postgres" or "mysql") for the server that start
+// runs with it, registers that server as name (labels env=dev) and creates
+// the roles in rolesYAML.
+func (e *pgEnv) addDatabase(format, name, rolesYAML string, start func(certDir string) (addr string)) {
+	t := e.t
 	e.ca = filepath.Join(t.TempDir(), "tls-ca.pem")
 	if err := os.WriteFile(e.ca, []byte(e.mustCtl("auth", "export", "--type", "tls-ca").Stdout), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	certDir := t.TempDir()
-	e.mustCtl("auth", "sign", "--format", "postgres", "--host", "localhost,127.0.0.1", "--out", certDir)
-	e.pg = testenv.StartPostgres(t, testenv.PostgresConfig{CertDir: certDir})
-	e.mustCtl("db", "add", "pg1", "--protocol", "postgres", "--uri", e.pg.Addr, "--labels", "env=dev")
+	e.mustCtl("auth", "sign", "--format", format, "--host", "localhost,127.0.0.1", "--out", certDir)
+	addr := start(certDir)
+	e.mustCtl("db", "add", name, "--protocol", format, "--uri", addr, "--labels", "env=dev")
 	roles := filepath.Join(t.TempDir(), "roles.yaml")
-	if err := os.WriteFile(roles, []byte(`kind: role
+	if err := os.WriteFile(roles, []byte(rolesYAML), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.mustCtl("create", "-f", roles)
+}
+
+// pgRoles are the roles of the PostgreSQL tests.
+const pgRoles = `kind: role
 version: v1
 metadata: {name: pg-read}
 spec:
@@ -251,12 +271,7 @@ spec:
       db_users: [reader]
       db_names: ["*"]
       statements: read
-`), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	e.mustCtl("create", "-f", roles)
-	return e
-}
+`
 
 // TestPostgresGateway runs psql and pgx through the gateway against a real
 // PostgreSQL server.
