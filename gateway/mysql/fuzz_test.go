@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/sigilhq/sigil/audit"
+	"github.com/sigilhq/sigil/gateway/sqlpolicy"
 )
 
 // discardConn swallows writes and reads EOF.
@@ -26,7 +27,7 @@ func (discardConn) SetWriteDeadline(time.Time) error { return nil }
 
 func fuzzRelay(data []byte) *relay {
 	cfg := relayConfig{
-		policy:      policy{granted: "read", role: "r"},
+		policy:      sqlpolicy.Grant{Statements: "read", Role: "r"},
 		classify:    testClassify,
 		identity:    "SET @sigil_identity = 'a/human/s'",
 		emit:        func(*audit.Event) {},

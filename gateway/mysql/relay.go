@@ -40,20 +40,10 @@ const (
 	prepareOKLen = 9
 )
 
-// policy is what the relay enforces on statements.
-type policy struct {
-	// granted is read, write or admin.
-	granted string
-	// role is the role that granted it, named in refusals.
-	role string
-	// writeApproval refuses writes: each needs a human approval.
-	writeApproval bool
-}
-
 // relayConfig configures a relay. Function fields keep the relay
 // testable without a session manager.
 type relayConfig struct {
-	policy   policy
+	policy   sqlpolicy.Grant
 	classify func(string) sqlpolicy.Result
 	// identity is the statement that sets @sigil_identity.
 	identity string
@@ -324,7 +314,7 @@ func (r *relay) command(ctx context.Context, hdr [4]byte, n int) error {
 		return r.refuse(last+1, erAccessDenied, stateAccessDenied, msg)
 	case comRefresh, comShutdown, comDebug, comCreateDB, comDropDB:
 		res := sqlpolicy.Result{Class: sqlpolicy.ClassAdmin, Reason: commandName(cmd), Statements: 1}
-		if msg, ok := r.allowed(res); !ok {
+		if msg, ok := r.cfg.policy.Refusal(res); !ok {
 			last, err := r.discard(n)
 			if err != nil {
 				return err
@@ -453,31 +443,6 @@ func (r *relay) refuse(seq byte, code uint16, state, msg string) error {
 	return trace.Wrap(r.cw.Flush())
 }
 
-func (r *relay) allowed(res sqlpolicy.Result) (string, bool) {
-	p := r.cfg.policy
-	reason := res.Reason
-	if reason == "" {
-		reason = "the statement"
-	}
-	if !sqlpolicy.Allowed(p.granted, res) {
-		if res.Class == sqlpolicy.ClassUnknown || res.Class == "" {
-			return fmt.Sprintf("sigil: statement refused: %s cannot be classified, so it needs statements: admin; role %q grants %s", reason, p.role, p.granted), false
-		}
-		return fmt.Sprintf("sigil: statement refused: %s is %s %s statement; role %q grants %s", reason, article(string(res.Class)), res.Class, p.role, p.granted), false
-	}
-	if p.writeApproval && (res.Class == sqlpolicy.ClassWrite || res.Class == sqlpolicy.ClassAdmin) {
-		return fmt.Sprintf("sigil: statement refused: %s is %s %s statement and role %q requires a human approval for each write", reason, article(string(res.Class)), res.Class, p.role), false
-	}
-	return "", true
-}
-
-func article(s string) string {
-	if s != "" && strings.ContainsRune("aeiou", rune(s[0])) {
-		return "an"
-	}
-	return "a"
-}
-
 func (r *relay) deny(text string, res sqlpolicy.Result, msg, proto string) {
 	r.cfg.emit(&audit.Event{
 		Type:           audit.EventDBDenied,
@@ -528,7 +493,7 @@ func (r *relay) query(ctx context.Context, hdr [4]byte, body []byte) error {
 		return r.refuse(1, erTableAccessDenied, stateSyntaxOrAccess, msg)
 	}
 	res := r.cfg.classify(text)
-	if msg, ok := r.allowed(res); !ok {
+	if msg, ok := r.cfg.policy.Refusal(res); !ok {
 		r.deny(text, res, msg, "query")
 		return r.refuse(1, erTableAccessDenied, stateSyntaxOrAccess, msg)
 	}
@@ -599,7 +564,7 @@ func (r *relay) prepare(ctx context.Context, hdr [4]byte, body []byte) error {
 		return r.refuse(1, erTableAccessDenied, stateSyntaxOrAccess, msg)
 	}
 	res := r.cfg.classify(text)
-	if msg, ok := r.allowed(res); !ok {
+	if msg, ok := r.cfg.policy.Refusal(res); !ok {
 		r.deny(text, res, msg, "prepare")
 		return r.refuse(1, erTableAccessDenied, stateSyntaxOrAccess, msg)
 	}

@@ -125,7 +125,7 @@ func startRelay(t *testing.T, granted string) *relayEnv {
 	gwUp, srv := net.Pipe()
 	e := &relayEnv{rec: &recorder{}, done: make(chan struct{}), stats: make(chan session.Stats, 1)}
 	cfg := relayConfig{
-		policy:   policy{granted: granted, role: "db-" + granted},
+		policy:   sqlpolicy.Grant{Statements: granted, Role: "db-" + granted},
 		classify: testClassify,
 		identity: "SET @sigil_identity = 'alice/human/s1'",
 		emit:     e.rec.emit,

@@ -363,7 +363,7 @@ func (s *Server) serveSession(ctx context.Context, sess *session.Session, c *cli
 	_ = c.conn.SetDeadline(time.Time{})
 
 	r := newRelay(relayConfig{
-		policy:   policy{granted: sess.Decision.Statements, role: sess.Decision.Role, writeApproval: sess.Decision.WriteApproval},
+		policy:   sqlpolicy.Grant{Statements: sess.Decision.Statements, Role: sess.Decision.Role, WriteApproval: sess.Decision.WriteApproval},
 		classify: s.cfg.Classifier.Classify,
 		identity: identitySQL(sess),
 		// Events are handed over (audit.OwningEmitter): the relay builds

@@ -142,7 +142,7 @@ func benchGateway(b *testing.B, cert tls.Certificate, upAddr string) net.Listene
 				defer up.Close()
 				ctx := context.Background()
 				r := newRelay(relayConfig{
-					policy:   policy{granted: "read", role: "dev"},
+					policy:   sqlpolicy.Grant{Statements: "read", Role: "dev"},
 					classify: cl.Classify,
 					emit: func(ev *audit.Event) {
 						ev.SessionId = "5f0c5d1e-7d3a-4c8e-9a51-4d2b8f1e0c11"

@@ -56,7 +56,7 @@ func FuzzClientMessages(f *testing.F) {
 		for _, granted := range []string{"admin", "read"} {
 			var up bytes.Buffer
 			r := newRelay(relayConfig{
-				policy:   policy{granted: granted, role: "r"},
+				policy:   sqlpolicy.Grant{Statements: granted, Role: "r"},
 				classify: stubClassify,
 				emit: func(ev *audit.Event) {
 					for _, p := range ev.Parameters {

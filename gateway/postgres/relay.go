@@ -34,19 +34,9 @@ const (
 	maxPendingEvents = 64
 )
 
-// policy is what the relay enforces on statements.
-type policy struct {
-	// granted is read, write or admin.
-	granted string
-	// role is the role that granted it, named in refusals.
-	role string
-	// writeApproval refuses writes: each needs a human approval.
-	writeApproval bool
-}
-
 // relayConfig configures a relay.
 type relayConfig struct {
-	policy   policy
+	policy   sqlpolicy.Grant
 	classify func(string) sqlpolicy.Result
 	// emit records an audit event (db.query, db.denied) and takes it over
 	// (audit.OwningEmitter): the relay never touches an event again, except
@@ -318,7 +308,7 @@ func (r *relay) handle(ctx context.Context, typ byte, hdr []byte, n int) error {
 		return r.forward(hdr, body)
 	case 'F': // FunctionCall: calls any function by OID, unclassifiable.
 		res := sqlpolicy.Result{Class: sqlpolicy.ClassUnknown, Reason: "a fast-path function call"}
-		if msg, ok := r.allowed(res); !ok {
+		if msg, ok := r.cfg.policy.Refusal(res); !ok {
 			if _, err := r.cr.Discard(n); err != nil {
 				return trace.Wrap(err)
 			}
@@ -335,32 +325,6 @@ func (r *relay) handle(ctx context.Context, typ byte, hdr []byte, n int) error {
 	default:
 		return r.stream(hdr, n, false)
 	}
-}
-
-// allowed applies the session's policy to a classification.
-func (r *relay) allowed(res sqlpolicy.Result) (string, bool) {
-	p := r.cfg.policy
-	reason := res.Reason
-	if reason == "" {
-		reason = "the statement"
-	}
-	if !sqlpolicy.Allowed(p.granted, res) {
-		if res.Class == sqlpolicy.ClassUnknown || res.Class == "" {
-			return fmt.Sprintf("sigil: statement refused: %s cannot be classified, so it needs statements: admin; role %q grants %s", reason, p.role, p.granted), false
-		}
-		return fmt.Sprintf("sigil: statement refused: %s is %s %s statement; role %q grants %s", reason, article(string(res.Class)), res.Class, p.role, p.granted), false
-	}
-	if p.writeApproval && (res.Class == sqlpolicy.ClassWrite || res.Class == sqlpolicy.ClassAdmin) {
-		return fmt.Sprintf("sigil: statement refused: %s is %s %s statement and role %q requires a human approval for each write", reason, article(string(res.Class)), res.Class, p.role), false
-	}
-	return "", true
-}
-
-func article(s string) string {
-	if s != "" && strings.ContainsRune("aeiou", rune(s[0])) {
-		return "an"
-	}
-	return "a"
 }
 
 // deny records a refused statement.
@@ -396,7 +360,7 @@ func (r *relay) query(ctx context.Context, hdr, body []byte) error {
 		return &clientError{code: codeProtocolViolation, msg: "sigil: malformed Query message"}
 	}
 	res := r.cfg.classify(text)
-	if msg, ok := r.allowed(res); !ok {
+	if msg, ok := r.cfg.policy.Refusal(res); !ok {
 		r.deny(ctx, text, res, msg, "simple")
 		return r.simpleDenial(msg)
 	}
@@ -425,7 +389,7 @@ func (r *relay) parse(ctx context.Context, hdr, body []byte) error {
 		return &clientError{code: codeProtocolViolation, msg: "sigil: malformed Parse message"}
 	}
 	res := r.cfg.classify(text)
-	if msg, ok := r.allowed(res); !ok {
+	if msg, ok := r.cfg.policy.Refusal(res); !ok {
 		r.deny(ctx, text, res, msg, "extended")
 		r.discarding = true
 		r.denial = errorResponse("ERROR", codeInsufficientPriv, msg)

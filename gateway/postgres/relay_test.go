@@ -110,7 +110,7 @@ func (h *relayHarness) waitEvent(t *testing.T, stmt string) []*audit.Event {
 	}
 }
 
-func newRelayHarness(t *testing.T, p policy) *relayHarness {
+func newRelayHarness(t *testing.T, p sqlpolicy.Grant) *relayHarness {
 	t.Helper()
 	cl, err := sqlpolicy.NewClassifier(sqlpolicy.Config{})
 	if err != nil {
@@ -164,11 +164,11 @@ func (h *relayHarness) receiveUntilReady(t *testing.T) []string {
 }
 
 func TestRelay(t *testing.T) {
-	readOnly := policy{granted: "read", role: "dev"}
+	readOnly := sqlpolicy.Grant{Statements: "read", Role: "dev"}
 	long := strings.Repeat("é", 400)
 	tests := []struct {
 		name       string
-		policy     policy
+		policy     sqlpolicy.Grant
 		send       []pgproto3.FrontendMessage
 		wantClient []string
 		wantServer []string
@@ -200,7 +200,7 @@ func TestRelay(t *testing.T) {
 		},
 		{
 			name:   "write approval refuses writes",
-			policy: policy{granted: "write", role: "ops", writeApproval: true},
+			policy: sqlpolicy.Grant{Statements: "write", Role: "ops", WriteApproval: true},
 			send:   []pgproto3.FrontendMessage{&pgproto3.Query{String: "delete from t"}},
 			wantClient: []string{
 				`Error:42501:sigil: statement refused: DELETE from t is a write statement and role "ops" requires a human approval for each write`, "Ready"},
@@ -298,7 +298,7 @@ func TestRelay(t *testing.T) {
 		},
 		{
 			name:       "admin may run anything",
-			policy:     policy{granted: "admin", role: "dba"},
+			policy:     sqlpolicy.Grant{Statements: "admin", Role: "dba"},
 			send:       []pgproto3.FrontendMessage{&pgproto3.Query{String: "drop table t"}},
 			wantClient: []string{"CommandComplete", "Ready"},
 			wantServer: []string{"Query:drop table t"},
@@ -353,7 +353,7 @@ func TestRelayRefusesOversizedStatement(t *testing.T) {
 		{[]byte{'Q', 0x00, 0x00, 0x00, 0x03}, codeProtocolViolation},
 		{[]byte{'d', 0x7f, 0xff, 0xff, 0xff}, codeProtocolViolation},
 	} {
-		r := newRelay(relayConfig{policy: policy{granted: "admin"}, classify: func(string) sqlpolicy.Result { return sqlpolicy.Result{Class: sqlpolicy.ClassRead} }, emit: func(*audit.Event) {}},
+		r := newRelay(relayConfig{policy: sqlpolicy.Grant{Statements: "admin"}, classify: func(string) sqlpolicy.Result { return sqlpolicy.Result{Class: sqlpolicy.ClassRead} }, emit: func(*audit.Event) {}},
 			bufio.NewReader(bytes.NewReader(tc.in)), bufio.NewWriter(io.Discard), io.Discard)
 		err := r.clientLoop(context.Background())
 		var ce *clientError
@@ -473,7 +473,7 @@ func TestRelayForwardsBytesAndRecordsOnExit(t *testing.T) {
 				var up bytes.Buffer
 				var events []*audit.Event
 				r := newRelay(relayConfig{
-					policy:   policy{granted: "read", role: "dev"},
+					policy:   sqlpolicy.Grant{Statements: "read", Role: "dev"},
 					classify: stubClassify,
 					emit:     func(ev *audit.Event) { events = append(events, ev) },
 				}, bufio.NewReaderSize(bytes.NewReader(tc.in), size), bufio.NewWriterSize(&up, 64), io.Discard)

@@ -270,7 +270,7 @@ func (s *Server) serveSession(ctx context.Context, sess *session.Session, client
 	}
 
 	r := newRelay(relayConfig{
-		policy:   policy{granted: sess.Decision.Statements, role: sess.Decision.Role, writeApproval: sess.Decision.WriteApproval},
+		policy:   sqlpolicy.Grant{Statements: sess.Decision.Statements, Role: sess.Decision.Role, WriteApproval: sess.Decision.WriteApproval},
 		classify: s.cfg.Classifier.Classify,
 		emit:     sess.Recorder(ctx, log),
 	}, cr, bufio.NewWriterSize(up.conn, 32<<10), client)

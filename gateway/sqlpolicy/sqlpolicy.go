@@ -3,6 +3,7 @@ package sqlpolicy
 import (
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync/atomic"
 
 	"github.com/gravitational/trace"
@@ -227,4 +228,43 @@ func Normalize(sql string) (string, error) {
 		return "", trace.BadParameter("normalize: %v", err)
 	}
 	return out, nil
+}
+
+// Grant is what one database session may run: the statements level of
+// the role that granted the session and whether its writes wait for a
+// human approval.
+type Grant struct {
+	// Statements is read, write or admin.
+	Statements string
+	// Role granted it; refusals name it.
+	Role string
+	// WriteApproval refuses writes: each needs a human approval.
+	WriteApproval bool
+}
+
+// Refusal applies g to a classification: the refusal message the client
+// gets (naming the statement, its class and the role), or "" and true
+// when g allows it.
+func (g Grant) Refusal(res Result) (string, bool) {
+	reason := res.Reason
+	if reason == "" {
+		reason = "the statement"
+	}
+	if !Allowed(g.Statements, res) {
+		if res.Class == ClassUnknown || res.Class == "" {
+			return fmt.Sprintf("sigil: statement refused: %s cannot be classified, so it needs statements: admin; role %q grants %s", reason, g.Role, g.Statements), false
+		}
+		return fmt.Sprintf("sigil: statement refused: %s is %s %s statement; role %q grants %s", reason, article(string(res.Class)), res.Class, g.Role, g.Statements), false
+	}
+	if g.WriteApproval && (res.Class == ClassWrite || res.Class == ClassAdmin) {
+		return fmt.Sprintf("sigil: statement refused: %s is %s %s statement and role %q requires a human approval for each write", reason, article(string(res.Class)), res.Class, g.Role), false
+	}
+	return "", true
+}
+
+func article(s string) string {
+	if s != "" && strings.ContainsRune("aeiou", rune(s[0])) {
+		return "an"
+	}
+	return "a"
 }
