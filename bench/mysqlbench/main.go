@@ -43,7 +43,7 @@ func run() (code int) {
 	flag.DurationVar(&o.warmup, "warmup", 2*time.Second, "unrecorded time at the start of every leg")
 	flag.StringVar(&modes, "modes", modePrepared+","+modeText, "comma-separated: prepared (server-side, COM_STMT_EXECUTE), text (COM_QUERY)")
 	flag.IntVar(&o.rounds, "rounds", 1, "times to repeat the interleaved direct/gateway/tunnel legs")
-	flag.StringVar(&o.outDir, "out", "bench/results", "directory for mysql-<date>.md (empty: stdout only)")
+	flag.StringVar(&o.outDir, "out", "bench/results", "directory for mysql-<date>-<HHMM>.md (empty: stdout only)")
 	flag.StringVar(&o.perfOut, "perf", "", "write `perf record -g` of sigild during the first gateway leg to this file")
 	flag.IntVar(&o.perfSeconds, "perf-seconds", 15, "seconds of perf record (at most -duration)")
 	flag.Parse()
@@ -133,7 +133,7 @@ func run() (code int) {
 	md := rep.markdown()
 	fmt.Print(md)
 	if o.outDir != "" {
-		path, err := benchenv.WriteReport(o.outDir, "mysql-"+start.Format("2006-01-02")+".md", md)
+		path, err := benchenv.WriteReport(o.outDir, "mysql-"+start.UTC().Format("2006-01-02-1504")+".md", md)
 		if err != nil {
 			h.Fatal(err)
 		}

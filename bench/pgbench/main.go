@@ -56,7 +56,7 @@ func run() (code int) {
 	flag.DurationVar(&o.warmup, "warmup", 2*time.Second, "unreported run before each leg's first measurement")
 	flag.StringVar(&modes, "modes", "prepared,simple", "comma-separated pgbench -M query protocols")
 	flag.IntVar(&o.rounds, "rounds", 1, "times to repeat the interleaved direct/gateway/tunnel legs")
-	flag.StringVar(&o.outDir, "out", "bench/results", "directory for pgbench-<date>.md (empty: stdout only)")
+	flag.StringVar(&o.outDir, "out", "bench/results", "directory for pgbench-<date>-<HHMM>.md (empty: stdout only)")
 	flag.StringVar(&o.perfOut, "perf", "", "write `perf record -g` of sigild during the first gateway leg to this file")
 	flag.Parse()
 	o.modes = strings.Split(modes, ",")
@@ -126,7 +126,7 @@ func run() (code int) {
 	md := rep.markdown()
 	fmt.Print(md)
 	if o.outDir != "" {
-		path, err := benchenv.WriteReport(o.outDir, "pgbench-"+start.Format("2006-01-02")+".md", md)
+		path, err := benchenv.WriteReport(o.outDir, "pgbench-"+start.UTC().Format("2006-01-02-1504")+".md", md)
 		if err != nil {
 			h.Fatal(err)
 		}
