@@ -285,6 +285,13 @@ func (m *Manager) authorize(ctx context.Context, id *certid.Identity, clientAddr
 		}
 		return nil, trace.Wrap(err)
 	}
+	// Fail closed: a role that asks for per-session MFA gets no session
+	// from a certificate that does not carry a verified MFA check. Only
+	// our user CA signs the identity (checked before), so the field cannot
+	// be forged by a client.
+	if role := checker.SessionMFARole(); role != "" && id.MFADevice == "" {
+		return nil, who(nil, "role %q requires a per-session MFA check (require_session_mfa) and this certificate carries none; run \"sigil db connect %s\" to pass one", role, route.ResourceName)
+	}
 	s := &Session{
 		ID:         uuid.NewString(),
 		Identity:   id,

@@ -360,3 +360,50 @@ func TestEmitOwnedSharesSessionMessages(t *testing.T) {
 		t.Fatalf("stamped event = %v", a)
 	}
 }
+
+// A role with require_session_mfa gets no session from a certificate
+// without a verified MFA check; one signed by our user CA with an MFA
+// device passes.
+func TestSessionMFARequired(t *testing.T) {
+	e, m := newEnv(t)
+	ctx := context.Background()
+	role, err := types.NewRole("dev", types.RoleSpec{
+		Options: types.RoleOptions{RequireSessionMFA: true},
+		Allow: types.RoleConditions{Databases: &types.DatabaseConditions{
+			Labels: types.Labels{"env": {"dev"}}, DBUsers: []string{"reader"}, DBNames: []string{"*"}, Statements: types.StatementsRead,
+		}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.store.Upsert(ctx, role); err != nil {
+		t.Fatal(err)
+	}
+	_, err = m.Start(ctx, e.cert(t, pgRoute), "10.0.0.1:1", "postgres", RouteRequest{})
+	if !IsWhoError(err) || !strings.Contains(Message(err), `role "dev" requires a per-session MFA check`) {
+		t.Fatalf("err = %v, want a who error naming the MFA requirement", err)
+	}
+
+	key, err := client.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := &certid.Identity{Name: "alice", Kind: certid.KindHuman, Roles: []string{"dev"}, MFADevice: "yubikey", Route: pgRoute}
+	certPEM, err := e.auth.SignUserCert(id, &key.PublicKey, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pem.Decode(certPEM)
+	c, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := m.Start(ctx, []*x509.Certificate{c}, "10.0.0.1:1", "postgres", RouteRequest{})
+	if err != nil {
+		t.Fatalf("session with a verified MFA device refused: %v", err)
+	}
+	defer s.End(ctx, Stats{})
+	if got := e.emitter.ofType(audit.EventDBSessionStart); len(got) != 1 || got[0].Identity.MfaDevice != "yubikey" {
+		t.Fatalf("session start events %v, want one naming the MFA device", got)
+	}
+}

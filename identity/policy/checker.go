@@ -362,13 +362,20 @@ func (c *AccessChecker) MaxSessionTTL(def time.Duration) time.Duration {
 }
 
 // RequireSessionMFA reports whether any role requires per-session MFA.
-func (c *AccessChecker) RequireSessionMFA() bool {
+func (c *AccessChecker) RequireSessionMFA() bool { return c.SessionMFARole() != "" }
+
+// SessionMFARole names a role that requires per-session MFA (of the
+// identity, or of the person an agent acts for), "" when none does.
+func (c *AccessChecker) SessionMFARole() string {
 	for _, r := range c.roles {
 		if r.role.Spec.Options.RequireSessionMFA {
-			return true
+			return r.role.Metadata.Name
 		}
 	}
-	return c.delegator != nil && c.delegator.RequireSessionMFA()
+	if c.delegator != nil {
+		return c.delegator.SessionMFARole()
+	}
+	return ""
 }
 
 // RequestableRoles returns the roles this identity may request, minus any

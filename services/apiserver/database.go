@@ -110,6 +110,9 @@ func (h *databaseService) GenerateDatabaseCert(ctx context.Context, req *connect
 		ttl = want
 	}
 	routed := *id
+	// Per-session MFA is proven per session certificate, never inherited
+	// from the login.
+	routed.MFADevice = ""
 	routed.Route = certid.Route{ResourceKind: types.KindDatabase, ResourceName: db.Metadata.Name, DBUser: m.DbUser, DBName: m.DbName}
 	certPEM, err := s.cfg.Authority.SignUserCert(&routed, pub, ttl)
 	if err != nil {
