@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -22,6 +23,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	sigilv1 "github.com/sigilhq/sigil/api/gen/sigil/v1"
+	"github.com/sigilhq/sigil/audit"
 	"github.com/sigilhq/sigil/audit/store"
 )
 
@@ -797,5 +799,70 @@ func TestConfigStart(t *testing.T) {
 	bad := Config{Webhooks: []WebhookSinkConfig{{URL: srv.URL}}}
 	if _, err := bad.Start(context.Background(), st, dataDir, nil); err == nil || !strings.Contains(err.Error(), "audit.export.webhooks[0].name: required") {
 		t.Fatalf("Start with bad config = %v", err)
+	}
+}
+
+// The slack format posts one {"text", "event"} message per event of the
+// listed types only; a failed post is retried without re-sending the
+// messages already accepted.
+func TestWebhookSlackFormat(t *testing.T) {
+	st := newTestStore(t)
+	var mu sync.Mutex
+	var texts []string
+	requests := 0
+	srv := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		var msg struct {
+			Text  string          `json:"text"`
+			Event json.RawMessage `json:"event"`
+		}
+		if r.Header.Get("Content-Type") != "application/json" || json.NewDecoder(r.Body).Decode(&msg) != nil || len(msg.Event) == 0 {
+			rw.WriteHeader(http.StatusBadRequest)
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		requests++
+		if requests == 2 {
+			rw.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		texts = append(texts, msg.Text)
+	}))
+	defer srv.Close()
+	if _, err := NewWebhookSink(WebhookSinkConfig{URL: srv.URL, Format: "teams"}); err == nil || !strings.Contains(err.Error(), "format") {
+		t.Fatalf("unknown format accepted: %v", err)
+	}
+	if _, err := NewWebhookSink(WebhookSinkConfig{URL: srv.URL, EventTypes: []string{"request.made"}}); err == nil || !strings.Contains(err.Error(), `"request.made" is not an audit event type`) {
+		t.Fatalf("unknown event type accepted: %v", err)
+	}
+	sink, err := NewWebhookSink(WebhookSinkConfig{URL: srv.URL, Format: WebhookFormatSlack, EventTypes: []string{audit.EventRequestCreated, audit.EventRequestReviewed}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, _ := startForwarder(t, ForwarderConfig{Store: st, Sink: sink, CursorPath: filepath.Join(t.TempDir(), "c"), BatchSize: 20})
+	ctx := context.Background()
+	for i, ev := range []*sigilv1.AuditEvent{
+		{Type: audit.EventDBQuery, Identity: &sigilv1.AuditIdentity{User: "alice"}, Statement: "SELECT 1"},
+		{Type: audit.EventRequestCreated, Identity: &sigilv1.AuditIdentity{User: "alice"}, Success: true,
+			Details: map[string]string{"request_id": "r1", "roles": "dba", "reason": "ticket 42", "expires": "2026-11-23T15:00:00Z"}},
+		{Type: audit.EventRequestReviewed, Identity: &sigilv1.AuditIdentity{User: "bob"}, Success: true,
+			Details: map[string]string{"request_id": "r1", "roles": "dba", "decision": "approved", "requester": "alice", "state": "approved"}},
+		{Type: audit.EventRequestReviewed, Identity: &sigilv1.AuditIdentity{User: "carol"}, Success: true,
+			Details: map[string]string{"request_id": "r2", "roles": "dba", "decision": "denied", "requester": "alice", "state": "denied"}},
+	} {
+		if err := st.Append(ctx, ev, true); err != nil {
+			t.Fatalf("append %d: %v", i, err)
+		}
+	}
+	eventually(t, "delivery", func() bool { return f.Status().Cursor == 4 })
+	mu.Lock()
+	defer mu.Unlock()
+	want := []string{
+		"alice requests role(s) dba until 2026-11-23T15:00:00Z (access request r1): ticket 42",
+		"bob approved alice's access request r1 for role(s) dba; it is now approved",
+		"carol denied alice's access request r2 for role(s) dba; it is now denied",
+	}
+	if !slices.Equal(texts, want) {
+		t.Fatalf("messages:\n%q\nwant\n%q", texts, want)
 	}
 }

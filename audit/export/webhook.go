@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -19,6 +21,7 @@ import (
 	"github.com/gravitational/trace"
 
 	sigilv1 "github.com/sigilhq/sigil/api/gen/sigil/v1"
+	"github.com/sigilhq/sigil/audit"
 )
 
 // Webhook sink defaults and limits.
@@ -48,7 +51,21 @@ type WebhookSinkConfig struct {
 	// MaxBatchBytes bounds one request body (default 4 MiB); a larger
 	// batch is split into several requests.
 	MaxBatchBytes int `yaml:"max_batch_bytes"`
+	// Format is "jsonl" (default: NDJSON batches for SIEMs) or "slack":
+	// one JSON message per event, {"text": "<one line summary>",
+	// "event": {...}}, which Slack incoming webhooks and chat bridges
+	// accept; use it with EventTypes for notifications.
+	Format string `yaml:"format"`
+	// EventTypes, when set, limits what the sink receives (e.g.
+	// [request.created, request.reviewed]); other events are skipped.
+	EventTypes []string `yaml:"event_types"`
 }
+
+// Webhook formats.
+const (
+	WebhookFormatJSONL = "jsonl"
+	WebhookFormatSlack = "slack"
+)
 
 // CheckAndSetDefaults validates the config and fills in defaults.
 func (c *WebhookSinkConfig) CheckAndSetDefaults() error {
@@ -112,6 +129,18 @@ func (c *WebhookSinkConfig) check(prefix string) error {
 	}
 	if c.MaxBatchBytes < 0 {
 		return trace.BadParameter("%smax_batch_bytes: must be positive, got %d", prefix, c.MaxBatchBytes)
+	}
+	switch c.Format {
+	case "":
+		c.Format = WebhookFormatJSONL
+	case WebhookFormatJSONL, WebhookFormatSlack:
+	default:
+		return trace.BadParameter("%sformat: %q is not one of %s, %s", prefix, c.Format, WebhookFormatJSONL, WebhookFormatSlack)
+	}
+	for _, t := range c.EventTypes {
+		if !audit.IsKnownEventType(t) {
+			return trace.BadParameter("%sevent_types: %q is not an audit event type (%s)", prefix, t, strings.Join(audit.EventTypes(), ", "))
+		}
 	}
 	return nil
 }
@@ -252,6 +281,9 @@ func (s *WebhookSink) Write(ctx context.Context, batch []*sigilv1.AuditEvent) er
 	s.mu.Lock()
 	sent := s.sent
 	s.mu.Unlock()
+	if s.cfg.Format == WebhookFormatSlack {
+		return s.writeEach(ctx, batch, sent)
+	}
 	var body bytes.Buffer
 	var first, last uint64
 	post := func() error {
@@ -273,7 +305,7 @@ func (s *WebhookSink) Write(ctx context.Context, batch []*sigilv1.AuditEvent) er
 		return nil
 	}
 	for _, ev := range batch {
-		if ev.GetSeq() != 0 && ev.GetSeq() <= sent {
+		if ev.GetSeq() != 0 && ev.GetSeq() <= sent || !s.wants(ev) {
 			continue
 		}
 		line, err := marshalLine(ev)
@@ -295,6 +327,42 @@ func (s *WebhookSink) Write(ctx context.Context, batch []*sigilv1.AuditEvent) er
 	return trace.Wrap(post())
 }
 
+// wants applies EventTypes.
+func (s *WebhookSink) wants(ev *sigilv1.AuditEvent) bool {
+	return len(s.cfg.EventTypes) == 0 || slices.Contains(s.cfg.EventTypes, ev.GetType())
+}
+
+// writeEach posts one Slack-style message per event, remembering each
+// success so that a retried batch resumes after the last one delivered.
+func (s *WebhookSink) writeEach(ctx context.Context, batch []*sigilv1.AuditEvent, sent uint64) error {
+	for _, ev := range batch {
+		if ev.GetSeq() != 0 && ev.GetSeq() <= sent || !s.wants(ev) {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return trace.Wrap(err)
+		}
+		line, err := marshalLine(ev)
+		if err != nil {
+			return trace.Wrap(err)
+		}
+		text, err := json.Marshal(audit.Summary(ev))
+		if err != nil {
+			return trace.Wrap(err)
+		}
+		body := make([]byte, 0, len(line)+len(text)+20)
+		body = append(append(append(append(body, `{"text":`...), text...), `,"event":`...), line...)
+		body = append(body, '}')
+		if err := s.post(ctx, body, ev.GetSeq(), ev.GetSeq()); err != nil {
+			return trace.Wrap(err)
+		}
+		s.mu.Lock()
+		s.sent = max(s.sent, ev.GetSeq())
+		s.mu.Unlock()
+	}
+	return nil
+}
+
 func (s *WebhookSink) post(ctx context.Context, body []byte, first, last uint64) error {
 	// A request aborted by shutdown has an unknown outcome: the receiver
 	// may already have ingested it, and the forwarder, which never learns
@@ -309,7 +377,11 @@ func (s *WebhookSink) post(ctx context.Context, body []byte, first, last uint64)
 	for k, v := range s.cfg.Headers {
 		req.Header.Set(k, v)
 	}
-	req.Header.Set("Content-Type", "application/x-ndjson")
+	if s.cfg.Format == WebhookFormatSlack {
+		req.Header.Set("Content-Type", "application/json")
+	} else {
+		req.Header.Set("Content-Type", "application/x-ndjson")
+	}
 	req.Header.Set("Idempotency-Key", fmt.Sprintf("%d-%d", first, last))
 	resp, err := s.client.Do(req)
 	if err != nil {
