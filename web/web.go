@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"github.com/gravitational/trace"
+
+	"github.com/sigilhq/sigil/services/sso"
 )
 
 //go:embed templates/*.html
@@ -26,7 +28,14 @@ type Config struct {
 	Signups Signups
 	// PublicAddr is the gateway address shown in instructions.
 	PublicAddr string
-	Logger     *slog.Logger
+	// SSO serves the browser side of SSO logins; nil leaves it out.
+	SSO SSO
+	// Finisher issues what an SSO login gets; required with SSO.
+	Finisher sso.Finisher
+	// Console, when set, serves the web console (sign-in, resources, MFA,
+	// audit, sessions, access requests); nil leaves only signup and SSO.
+	Console *ConsoleConfig
+	Logger  *slog.Logger
 }
 
 // CheckAndSetDefaults validates the config.
@@ -37,6 +46,9 @@ func (c *Config) CheckAndSetDefaults() error {
 	if c.PublicAddr == "" {
 		return trace.BadParameter("web: missing PublicAddr")
 	}
+	if c.SSO != nil && c.Finisher == nil {
+		return trace.BadParameter("web: SSO needs a Finisher")
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -45,9 +57,11 @@ func (c *Config) CheckAndSetDefaults() error {
 
 // Handler serves /web/.
 type Handler struct {
-	cfg    Config
-	signup *template.Template
-	mux    *http.ServeMux
+	cfg     Config
+	signup  *template.Template
+	sso     *ssoPages
+	console *console
+	mux     *http.ServeMux
 }
 
 // New returns the web handler.
@@ -63,29 +77,58 @@ func New(cfg Config) (*Handler, error) {
 	h.mux.HandleFunc("GET /web/signup/{token}", h.getSignup)
 	h.mux.HandleFunc("POST /web/signup/{token}", h.postSignup)
 	h.mux.HandleFunc("GET /web/{$}", h.index)
+	h.mux.Handle("GET /web/static/", staticHandler())
+	if cfg.Console != nil {
+		if err := h.registerConsole(); err != nil {
+			return nil, trace.Wrap(err)
+		}
+	}
+	if cfg.SSO != nil {
+		if err := h.registerSSO(); err != nil {
+			return nil, trace.Wrap(err)
+		}
+	}
 	return h, nil
 }
 
 // ServeHTTP sets security headers on every page.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	hdr := w.Header()
-	hdr.Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'")
+	hdr.Set("Content-Security-Policy", consoleCSP)
 	hdr.Set("X-Frame-Options", "DENY")
 	hdr.Set("X-Content-Type-Options", "nosniff")
 	hdr.Set("Referrer-Policy", "no-referrer")
 	hdr.Set("Cache-Control", "no-store")
 	hdr.Set("Strict-Transport-Security", "max-age=31536000")
+	if !sameOrigin(r) {
+		http.Error(w, "cross-site request refused", http.StatusForbidden)
+		return
+	}
+	if h.console != nil && h.toCanonical(w, r) {
+		return
+	}
 	h.mux.ServeHTTP(w, r)
 }
 
 type signupPage struct {
 	Title, User, Proxy, Error string
 	Done, Fatal               bool
+	// CSRF binds the form to the browser that loaded it.
+	CSRF string
+	// Console says the new user is signed in to the console.
+	Console bool
 }
 
-func (h *Handler) render(w http.ResponseWriter, status int, p signupPage) {
+func (h *Handler) render(w http.ResponseWriter, r *http.Request, status int, p signupPage) {
 	p.Title = "Sign up to Sigil"
 	p.Proxy = h.cfg.PublicAddr
+	if !p.Done && !p.Fatal {
+		token, err := preToken(w, r)
+		if err != nil {
+			status, p = http.StatusInternalServerError, signupPage{Title: p.Title, Fatal: true, Error: "internal error; see the sigild log"}
+		}
+		p.CSRF = token
+	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.WriteHeader(status)
 	if err := h.signup.ExecuteTemplate(w, "layout", p); err != nil {
@@ -94,6 +137,10 @@ func (h *Handler) render(w http.ResponseWriter, status int, p signupPage) {
 }
 
 func (h *Handler) index(w http.ResponseWriter, r *http.Request) {
+	if h.console != nil {
+		h.home(w, r)
+		return
+	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	_, _ = w.Write([]byte("Sigil web console. Open the signup link an admin gave you, or use the sigil CLI.\n"))
 }
@@ -113,33 +160,62 @@ func statusFor(err error) int {
 func (h *Handler) getSignup(w http.ResponseWriter, r *http.Request) {
 	user, err := h.cfg.Signups.SignupUser(r.Context(), r.PathValue("token"))
 	if err != nil {
-		h.render(w, statusFor(err), signupPage{Fatal: true, Error: trace.UserMessage(err)})
+		h.render(w, r, statusFor(err), signupPage{Fatal: true, Error: trace.UserMessage(err)})
 		return
 	}
-	h.render(w, http.StatusOK, signupPage{User: user})
+	h.render(w, r, http.StatusOK, signupPage{User: user})
 }
 
 func (h *Handler) postSignup(w http.ResponseWriter, r *http.Request) {
 	token := r.PathValue("token")
 	user, err := h.cfg.Signups.SignupUser(r.Context(), token)
 	if err != nil {
-		h.render(w, statusFor(err), signupPage{Fatal: true, Error: trace.UserMessage(err)})
+		h.render(w, r, statusFor(err), signupPage{Fatal: true, Error: trace.UserMessage(err)})
 		return
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, 8<<10)
 	if err := r.ParseForm(); err != nil {
-		h.render(w, http.StatusBadRequest, signupPage{User: user, Error: "the form could not be read"})
+		h.render(w, r, http.StatusBadRequest, signupPage{User: user, Error: "the form could not be read"})
+		return
+	}
+	if err := checkPreToken(r, r.PostForm.Get("csrf")); err != nil {
+		h.render(w, r, http.StatusForbidden, signupPage{User: user, Error: trace.UserMessage(err)})
 		return
 	}
 	pw, confirm := r.PostForm.Get("password"), r.PostForm.Get("confirm")
 	if subtle.ConstantTimeCompare([]byte(pw), []byte(confirm)) != 1 {
-		h.render(w, http.StatusBadRequest, signupPage{User: user, Error: "the passwords do not match"})
+		h.render(w, r, http.StatusBadRequest, signupPage{User: user, Error: "the passwords do not match"})
+		return
+	}
+	if h.console != nil {
+		h.consoleSignup(w, r, token, user, pw)
 		return
 	}
 	if _, err := h.cfg.Signups.Signup(r.Context(), token, []byte(pw), r.RemoteAddr); err != nil {
 		status := statusFor(err)
-		h.render(w, status, signupPage{User: user, Error: strings.TrimSpace(trace.UserMessage(err)), Fatal: trace.IsNotFound(err)})
+		h.render(w, r, status, signupPage{User: user, Error: strings.TrimSpace(trace.UserMessage(err)), Fatal: trace.IsNotFound(err)})
 		return
 	}
-	h.render(w, http.StatusOK, signupPage{User: user, Done: true})
+	h.render(w, r, http.StatusOK, signupPage{User: user, Done: true})
+}
+
+// consoleSignup completes the signup and signs the new user in to the
+// console; when sign-in asks for a second factor, they register a device
+// right away.
+func (h *Handler) consoleSignup(w http.ResponseWriter, r *http.Request, token, user, password string) {
+	res, err := h.console.cfg.Auth.WebSignup(r.Context(), token, []byte(password), r.RemoteAddr)
+	if err != nil {
+		status := statusFor(err)
+		h.render(w, r, status, signupPage{User: user, Error: strings.TrimSpace(trace.UserMessage(err)), Fatal: trace.IsNotFound(err)})
+		return
+	}
+	if err := h.startSession(w, r, res.Identity, "local", res.TTL); err != nil {
+		h.render(w, r, http.StatusInternalServerError, signupPage{Fatal: true, Error: "your account is ready, but signing in failed; sign in at /web/login"})
+		return
+	}
+	if totp, key := h.console.cfg.Auth.SecondFactorAllows(); totp || key {
+		http.Redirect(w, r, "/web/devices?setup=1", http.StatusSeeOther)
+		return
+	}
+	h.render(w, r, http.StatusOK, signupPage{User: user, Done: true, Console: true})
 }
