@@ -50,6 +50,14 @@ bench-pg: test-deps build
 bench-mysql: test-deps build
 	SIGIL_BIN_DIR=$(BIN) $(GO) run ./bench/mysqlbench $(BENCH_MYSQL_FLAGS)
 
+# SSH gateway against a direct sshd with real OpenSSH: scp of a 1 GiB file
+# and session open time (a few minutes; needs root for sshd and its test
+# login; the Markdown report also goes to bench/results/).
+# Extra flags: make bench-ssh BENCH_SSH_FLAGS="-rounds 2 -size 256". See bench/README.md.
+.PHONY: bench-ssh
+bench-ssh: test-deps build
+	SIGIL_BIN_DIR=$(BIN) $(GO) run ./bench/sshbench $(BENCH_SSH_FLAGS)
+
 fmt:
 	gofmt -w $$(git ls-files '*.go' | grep -v '/gen/')
 

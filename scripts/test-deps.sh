@@ -13,6 +13,10 @@ postgresql|compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null
 postgresql-client|command -v psql >/dev/null
 mariadb-server|command -v mariadbd >/dev/null || test -x /usr/sbin/mariadbd
 mariadb-client|command -v mariadb >/dev/null
+openssh-server|test -x /usr/sbin/sshd
+openssh-client|command -v ssh >/dev/null && command -v scp >/dev/null && command -v sftp >/dev/null
+chromium|command -v chromium >/dev/null
+rsync|command -v rsync >/dev/null
 '
 
 missing=()

@@ -58,6 +58,10 @@ type Client struct {
 	Locks     sigilv1connect.LockServiceClient
 	Audit     sigilv1connect.AuditServiceClient
 	Databases sigilv1connect.DatabaseServiceClient
+	MFA       sigilv1connect.MFAServiceClient
+	SSH       sigilv1connect.SSHServiceClient
+	SSO       sigilv1connect.SSOServiceClient
+	Requests  sigilv1connect.RequestServiceClient
 
 	// HTTPClient is exposed so callers can close idle connections.
 	HTTPClient *http.Client
@@ -98,6 +102,10 @@ func New(cfg Config) (*Client, error) {
 		Locks:      sigilv1connect.NewLockServiceClient(httpClient, baseURL),
 		Audit:      sigilv1connect.NewAuditServiceClient(httpClient, baseURL),
 		Databases:  sigilv1connect.NewDatabaseServiceClient(httpClient, baseURL),
+		MFA:        sigilv1connect.NewMFAServiceClient(httpClient, baseURL),
+		SSH:        sigilv1connect.NewSSHServiceClient(httpClient, baseURL),
+		SSO:        sigilv1connect.NewSSOServiceClient(httpClient, baseURL),
+		Requests:   sigilv1connect.NewRequestServiceClient(httpClient, baseURL),
 		HTTPClient: httpClient,
 		BaseURL:    baseURL,
 	}, nil

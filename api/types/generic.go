@@ -3,8 +3,8 @@ package types
 import "github.com/gravitational/trace"
 
 // GenericResource carries kinds whose spec is not modelled yet
-// (kube_cluster, app, oidc_connector, saml_connector): the header is
-// validated and the spec is kept as an opaque map.
+// (kube_cluster, app): the header is validated and the spec is kept as an
+// opaque map.
 type GenericResource struct {
 	Kind     string         `json:"kind" yaml:"kind"`
 	Version  string         `json:"version" yaml:"version"`
@@ -14,7 +14,7 @@ type GenericResource struct {
 
 func isGenericKind(kind string) bool {
 	switch kind {
-	case KindKubeCluster, KindApp, KindOIDCConnector, KindSAMLConnector:
+	case KindKubeCluster, KindApp:
 		return true
 	}
 	return false
@@ -23,7 +23,7 @@ func isGenericKind(kind string) bool {
 // CheckAndSetDefaults validates the header.
 func (g *GenericResource) CheckAndSetDefaults() error {
 	if !isGenericKind(g.Kind) {
-		return trace.BadParameter("kind: %q is not one of %s, %s, %s, %s", truncate(g.Kind, 40), KindKubeCluster, KindApp, KindOIDCConnector, KindSAMLConnector)
+		return trace.BadParameter("kind: %q is not one of %s, %s", truncate(g.Kind, 40), KindKubeCluster, KindApp)
 	}
 	return trace.Wrap(checkHeader(&g.Kind, &g.Version, &g.Metadata, g.Kind))
 }

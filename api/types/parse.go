@@ -36,7 +36,11 @@ func New(kind string) (Resource, error) {
 		return &Token{Kind: kind, Version: Version}, nil
 	case KindLock:
 		return &Lock{Kind: kind, Version: Version}, nil
-	case KindKubeCluster, KindApp, KindOIDCConnector, KindSAMLConnector:
+	case KindOIDCConnector:
+		return &OIDCConnector{Kind: kind, Version: Version}, nil
+	case KindSAMLConnector:
+		return &SAMLConnector{Kind: kind, Version: Version}, nil
+	case KindKubeCluster, KindApp:
 		return &GenericResource{Kind: kind, Version: Version}, nil
 	case "":
 		return nil, trace.BadParameter("kind: required, one of %s", strings.Join(Kinds(), ", "))

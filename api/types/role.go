@@ -29,10 +29,15 @@ const (
 // it a caller reads only their own.
 const RuleResourceAudit = "audit"
 
-// RuleResources lists what role rules may name: every resource kind and
-// the audit log.
+// RuleResourceRecordings names SSH session recordings in role rules:
+// "read" on "recordings" lets a role replay everyone's sessions; without
+// it a caller replays only their own.
+const RuleResourceRecordings = "recordings"
+
+// RuleResources lists what role rules may name: every resource kind, the
+// audit log and session recordings.
 func RuleResources() []string {
-	return append(Kinds(), RuleResourceAudit)
+	return append(Kinds(), RuleResourceAudit, RuleResourceRecordings)
 }
 
 // StatementsRank orders statement classes: read 1, write 2, admin 3, anything else 0.
@@ -67,6 +72,12 @@ type RoleSpec struct {
 type RoleOptions struct {
 	MaxSessionTTL     Duration `json:"max_session_ttl,omitempty" yaml:"max_session_ttl,omitempty"`
 	RequireSessionMFA bool     `json:"require_session_mfa,omitempty" yaml:"require_session_mfa,omitempty"`
+	// SSHPortForwarding lets SSH sessions forward ports (ssh -L, -R, -D);
+	// off unless a role turns it on.
+	SSHPortForwarding bool `json:"ssh_port_forwarding,omitempty" yaml:"ssh_port_forwarding,omitempty"`
+	// SSHAgentForwarding lets SSH sessions forward the client's agent
+	// (ssh -A); off unless a role turns it on.
+	SSHAgentForwarding bool `json:"ssh_agent_forwarding,omitempty" yaml:"ssh_agent_forwarding,omitempty"`
 }
 
 // RoleConditions is the shape of both allow and deny.
@@ -216,7 +227,7 @@ func (c *RoleConditions) check(p string, deny bool) error {
 			return trace.BadParameter("%s.verbs: needs at least one verb or \"*\"", rp)
 		}
 		for _, res := range rule.Resources {
-			if res != Wildcard && res != RuleResourceAudit && !IsKnownKind(res) {
+			if res != Wildcard && res != RuleResourceAudit && res != RuleResourceRecordings && !IsKnownKind(res) {
 				return trace.BadParameter("%s.resources: %q is not one of %s, *", rp, truncate(res, 40), strings.Join(RuleResources(), ", "))
 			}
 		}

@@ -19,6 +19,7 @@ import (
 	"github.com/sigilhq/sigil/identity/certid"
 	"github.com/sigilhq/sigil/identity/policy"
 	"github.com/sigilhq/sigil/services/locks"
+	"github.com/sigilhq/sigil/services/requests"
 	"github.com/sigilhq/sigil/services/resources"
 	"github.com/sigilhq/sigil/services/roles"
 )
@@ -42,6 +43,9 @@ type Config struct {
 	Resources *resources.Store
 	// Locks is checked at start and watched for the life of each session.
 	Locks *locks.Service
+	// Requests resolves the access requests certificates carry; without
+	// it such certificates are refused.
+	Requests *requests.Service
 	// Emitter records the session events.
 	Emitter audit.Emitter
 	// Clock defaults to time.Now.
@@ -157,6 +161,9 @@ type Stats struct {
 	Statements int64
 	// Err is why the session ended, nil for a normal close.
 	Err error
+	// Details are added to the session end event (e.g. the recordings of
+	// an SSH session).
+	Details map[string]string
 }
 
 // Session is one authenticated, authorized client connection to a
@@ -172,6 +179,16 @@ type Session struct {
 	ClientAddr string
 	Protocol   string
 	Started    time.Time
+	// Node, Login and SSH are set for SSH sessions (see StartSSH).
+	Node  *types.Node
+	Login string
+	SSH   *SSHDecision
+
+	// endType is the type of the end event: db.session.end by default.
+	endType string
+	// until ends the session when the earliest access request it relies
+	// on expires; zero when it relies on none.
+	until time.Time
 
 	m     *Manager
 	done  chan struct{}
@@ -271,12 +288,9 @@ func (m *Manager) authorize(ctx context.Context, id *certid.Identity, clientAddr
 	if err := m.checkLocks(ctx, id); err != nil {
 		return nil, err
 	}
-	checker, err := roles.Checker(ctx, m.cfg.Resources, id.Roles, id.Traits, string(id.Kind))
+	checker, until, err := m.checker(ctx, id, types.KindDatabase, db.Metadata.Name)
 	if err != nil {
-		if trace.IsNotFound(err) || trace.IsBadParameter(err) {
-			return nil, who(err, "evaluating the roles of %q", id.Name)
-		}
-		return nil, trace.Wrap(err)
+		return nil, err
 	}
 	dec, err := checker.CheckDatabase(db, route.DBUser, dbName)
 	if err != nil {
@@ -306,8 +320,39 @@ func (m *Manager) authorize(ctx context.Context, id *certid.Identity, clientAddr
 		done:       make(chan struct{}),
 		auditID:    AuditIdentity(id),
 		auditRes:   &audit.Resource{Kind: types.KindDatabase, Name: db.Metadata.Name, DbUser: route.DBUser, DbName: dbName},
+		until:      until,
 	}
 	return s, nil
+}
+
+// checker evaluates id's roles for one resource. Roles an access request
+// added count only while the request is approved and unexpired, and only
+// for resources it covers; until is when the earliest request in use
+// expires (zero when none is).
+func (m *Manager) checker(ctx context.Context, id *certid.Identity, kind, name string) (*policy.AccessChecker, time.Time, error) {
+	names := id.Roles
+	var until time.Time
+	if len(id.AccessRequests) > 0 {
+		if m.cfg.Requests == nil {
+			return nil, until, who(nil, "this certificate carries access requests, which this gateway does not support; run \"sigil login\" without --request-id")
+		}
+		g, err := m.cfg.Requests.Effective(ctx, id, kind, name)
+		switch {
+		case trace.IsNotFound(err) || trace.IsAccessDenied(err) || trace.IsBadParameter(err):
+			return nil, until, who(err, "checking the access requests of %q", id.Name)
+		case err != nil:
+			return nil, until, trace.Wrap(err)
+		}
+		names, until = g.Roles, g.Until
+	}
+	checker, err := roles.Checker(ctx, m.cfg.Resources, names, id.Traits, string(id.Kind))
+	if err != nil {
+		if trace.IsNotFound(err) || trace.IsBadParameter(err) {
+			return nil, until, who(err, "evaluating the roles of %q", id.Name)
+		}
+		return nil, until, trace.Wrap(err)
+	}
+	return checker, until, nil
 }
 
 // checkLocks refuses an identity under a lock; an agent is also refused
@@ -403,6 +448,12 @@ func (s *Session) watchLocks(ctx context.Context) {
 	changes := s.m.cfg.Locks.Changes(ctx)
 	tick := time.NewTicker(s.m.cfg.LockRecheck)
 	defer tick.Stop()
+	var expired <-chan time.Time
+	if !s.until.IsZero() {
+		t := time.NewTimer(s.until.Sub(s.m.cfg.Clock()))
+		defer t.Stop()
+		expired = t.C
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -412,6 +463,11 @@ func (s *Session) watchLocks(ctx context.Context) {
 				changes = nil
 			}
 		case <-tick.C:
+		case <-expired:
+		}
+		if !s.until.IsZero() && !s.m.cfg.Clock().Before(s.until) {
+			s.terminate(who(nil, "the access request this session relies on expired at %s; the roles it granted are gone", s.until.UTC().Format(time.RFC3339)))
+			return
 		}
 		err := s.m.checkLocks(ctx, s.Identity)
 		switch {
@@ -434,8 +490,12 @@ func (s *Session) End(ctx context.Context, st Stats) error {
 	if s.stop != nil {
 		s.stop()
 	}
+	typ := audit.EventDBSessionEnd
+	if s.endType != "" {
+		typ = s.endType
+	}
 	ev := &audit.Event{
-		Type:    audit.EventDBSessionEnd,
+		Type:    typ,
 		Success: st.Err == nil,
 		Details: map[string]string{
 			"duration":   s.m.cfg.Clock().Sub(s.Started).Round(time.Millisecond).String(),
@@ -443,6 +503,9 @@ func (s *Session) End(ctx context.Context, st Stats) error {
 			"bytes_out":  fmt.Sprint(st.BytesOut),
 			"statements": fmt.Sprint(st.Statements),
 		},
+	}
+	for k, v := range st.Details {
+		ev.Details[k] = v
 	}
 	if st.Err != nil {
 		ev.Error = Message(st.Err)
@@ -459,12 +522,9 @@ func (s *Session) CheckDBName(ctx context.Context, name string) error {
 	if route.DBName != "" && name != route.DBName {
 		return who(nil, "this certificate is for database name %q, not %q; run \"sigil db login %s --db-name %s\"", route.DBName, name, route.ResourceName, name)
 	}
-	checker, err := roles.Checker(ctx, s.m.cfg.Resources, s.Identity.Roles, s.Identity.Traits, string(s.Identity.Kind))
+	checker, _, err := s.m.checker(ctx, s.Identity, types.KindDatabase, s.Database.Metadata.Name)
 	if err != nil {
-		if trace.IsNotFound(err) || trace.IsBadParameter(err) {
-			return who(err, "evaluating the roles of %q", s.Identity.Name)
-		}
-		return trace.Wrap(err)
+		return err
 	}
 	if _, err := checker.CheckDatabase(s.Database, s.DBUser, name); err != nil {
 		if trace.IsAccessDenied(err) {

@@ -426,6 +426,35 @@ func (c *AccessChecker) CheckRequestRole(role string) error {
 	return trace.AccessDenied("request for role %q denied: no role allows requesting it (roles: %s)", role, c.roleList())
 }
 
+// DefaultRequestMaxDuration bounds a request when no allowing role sets
+// request.max_duration.
+const DefaultRequestMaxDuration = 4 * time.Hour
+
+// RequestLimits returns, for a role the identity may request (see
+// CheckRequestRole), how long a request for it may last and how many
+// distinct approvals it needs. Several allowing roles combine strictly:
+// the shortest duration and the most approvals (at least one).
+func (c *AccessChecker) RequestLimits(role string) (maxDuration time.Duration, approvals int) {
+	approvals = 1
+	for _, r := range c.roles {
+		rq := r.role.Spec.Allow.Request
+		if rq == nil {
+			continue
+		}
+		if _, hit := contains(rq.Roles, role); !hit {
+			continue
+		}
+		if d := rq.MaxDuration.Duration(); d > 0 && (maxDuration == 0 || d < maxDuration) {
+			maxDuration = d
+		}
+		approvals = max(approvals, rq.Approvals)
+	}
+	if maxDuration == 0 {
+		maxDuration = DefaultRequestMaxDuration
+	}
+	return maxDuration, approvals
+}
+
 // CheckReviewRole decides whether the identity may review requests for role.
 func (c *AccessChecker) CheckReviewRole(role string) error {
 	for _, r := range c.roles {

@@ -89,6 +89,20 @@ func (h *resourceService) CreateResource(ctx context.Context, req *connect.Reque
 			u.Spec.CreatedAt = s.cfg.Clock().UTC()
 		}
 	}
+	// An OIDC client secret is sealed apart from the resource, so that
+	// reading connectors back never shows it.
+	var clientSecret string
+	if types.IsConnectorKind(r.GetKind()) {
+		if s.cfg.SSO == nil {
+			return nil, trace.NotImplemented("SSO connectors are not supported by this gateway")
+		}
+		if err := s.cfg.SSO.CheckConnector(ctx, r); err != nil {
+			return nil, trace.Wrap(err)
+		}
+		if c, ok := r.(*types.OIDCConnector); ok {
+			clientSecret, c.Spec.ClientSecret = c.Spec.ClientSecret, ""
+		}
+	}
 	created := true
 	if req.Msg.Force {
 		_, gerr := s.cfg.Resources.Get(ctx, r.GetKind(), name)
@@ -100,6 +114,11 @@ func (h *resourceService) CreateResource(ctx context.Context, req *connect.Reque
 	}
 	if err != nil {
 		return nil, trace.Wrap(err)
+	}
+	if types.IsConnectorKind(r.GetKind()) {
+		if err := s.cfg.SSO.ConnectorStored(ctx, r, clientSecret); err != nil {
+			return nil, trace.Wrap(err)
+		}
 	}
 	action := "created"
 	if !created {
@@ -187,11 +206,20 @@ func (h *resourceService) DeleteResource(ctx context.Context, req *connect.Reque
 		return nil, trace.BadParameter("role %q is built in and cannot be removed", name)
 	case kind == types.KindUser:
 		err = s.cfg.Users.Delete(ctx, name)
+		if err == nil && s.cfg.MFA != nil {
+			// A later user of the same name must not inherit these devices.
+			err = s.cfg.MFA.DeleteUser(ctx, name)
+		}
 	default:
 		err = s.cfg.Resources.Delete(ctx, kind, name)
 	}
 	if err != nil {
 		return nil, trace.Wrap(err)
+	}
+	if types.IsConnectorKind(kind) && s.cfg.SSO != nil {
+		if err := s.cfg.SSO.ConnectorDeleted(ctx, kind, name); err != nil {
+			return nil, trace.Wrap(err)
+		}
 	}
 	if err := s.resourceChanged(ctx, id, kind, name, "deleted"); err != nil {
 		return nil, err
@@ -308,6 +336,13 @@ func (h *userService) ResetUser(ctx context.Context, req *connect.Request[sigilv
 	token, _, err := s.cfg.Users.Reset(ctx, req.Msg.Name)
 	if err != nil {
 		return nil, trace.Wrap(err)
+	}
+	if s.cfg.MFA != nil {
+		// A reset is also how a user who lost their devices gets back in:
+		// the signup registers new ones.
+		if err := s.cfg.MFA.DeleteUser(ctx, req.Msg.Name); err != nil {
+			return nil, trace.Wrap(err)
+		}
 	}
 	if err := s.resourceChanged(ctx, id, types.KindUser, req.Msg.Name, "reset"); err != nil {
 		return nil, err

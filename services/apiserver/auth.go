@@ -26,10 +26,11 @@ type authService struct{ s *Server }
 
 func (a *authService) ClusterInfo(ctx context.Context, _ *connect.Request[sigilv1.ClusterInfoRequest]) (*connect.Response[sigilv1.ClusterInfoResponse], error) {
 	return connect.NewResponse(&sigilv1.ClusterInfoResponse{
-		ClusterName: a.s.cfg.ClusterName,
-		TlsCaPem:    a.s.cfg.Authority.CertPEM(ca.TLSCA),
-		Version:     a.s.cfg.Version,
-		MysqlAddr:   a.s.cfg.MySQLAddr,
+		ClusterName:  a.s.cfg.ClusterName,
+		TlsCaPem:     a.s.cfg.Authority.CertPEM(ca.TLSCA),
+		Version:      a.s.cfg.Version,
+		MysqlAddr:    a.s.cfg.MySQLAddr,
+		SecondFactor: a.s.cfg.SecondFactor,
 	}), nil
 }
 
@@ -39,6 +40,10 @@ func (a *authService) Signup(ctx context.Context, req *connect.Request[sigilv1.S
 	// "signup").
 	if err := a.s.cfg.Limiter.Allow("", peerAddr(req.Peer().Addr)); err != nil {
 		return nil, trace.Wrap(err)
+	}
+	if totp, key := a.s.SecondFactorAllows(); totp || key {
+		// The signup must register a device, which a browser does best.
+		return nil, trace.BadParameter("this gateway asks for a second factor at login, so the signup also registers an MFA device: open %s in a browser", a.s.WebURL("/web/signup/"+req.Msg.Token))
 	}
 	name, err := a.s.cfg.Users.Signup(ctx, req.Msg.Token, []byte(req.Msg.Password), req.Peer().Addr)
 	if err != nil {
@@ -70,83 +75,142 @@ func (a *authService) Login(ctx context.Context, req *connect.Request[sigilv1.Lo
 		})
 		return err
 	}
+	if m.MfaChallengeId != "" {
+		// CreateLoginChallenge counted this password already, and an
+		// approved challenge is no way to guess one.
+		limitUser = ""
+	}
 	if err := s.cfg.Limiter.Allow(limitUser, addr); err != nil {
 		return nil, fail(trace.Wrap(err))
 	}
-	pub, err := parseTLSPublicKey(m.TlsPublicKey)
+	pub, sshPub, err := parseLoginKeys(m.TlsPublicKey, m.SshPublicKey)
 	if err != nil {
 		return nil, trace.Wrap(err)
-	}
-	var sshPub ssh.PublicKey
-	if len(m.SshPublicKey) > 0 {
-		if sshPub, _, _, _, err = ssh.ParseAuthorizedKey(m.SshPublicKey); err != nil {
-			return nil, trace.BadParameter("ssh_public_key: not an authorized_keys line: %v", err)
-		}
 	}
 	user, err := s.cfg.Users.Authenticate(ctx, m.User, []byte(m.Password), m.Otp)
 	if err != nil {
 		return nil, fail(trace.Wrap(err))
 	}
-	if err := s.cfg.Locks.Check(ctx, user.Metadata.Name, string(certid.KindHuman), user.Spec.Roles); err != nil {
+	loginDetails := map[string]string{"method": "local"}
+	if used, err := s.checkLoginSecondFactor(ctx, user.Metadata.Name, m.Otp, m.MfaChallengeId, m.TlsPublicKey); err != nil {
 		return nil, fail(trace.Wrap(err))
+	} else if used != nil {
+		loginDetails["mfa_device"] = used.Name
 	}
-	id := &certid.Identity{
-		Name:     user.Metadata.Name,
-		Kind:     certid.KindHuman,
-		Roles:    user.Spec.Roles,
-		Traits:   user.Spec.Traits,
-		ClientIP: addr,
+	resp, err := s.issueLogin(ctx, loginGrant{
+		id: &certid.Identity{
+			Name:     user.Metadata.Name,
+			Kind:     certid.KindHuman,
+			Roles:    user.Spec.Roles,
+			Traits:   user.Spec.Traits,
+			ClientIP: addr,
+		},
+		tlsPub:     pub,
+		sshPub:     sshPub,
+		ttlSeconds: m.TtlSeconds,
+		clientAddr: req.Peer().Addr,
+		details:    loginDetails,
+	})
+	if err != nil {
+		return nil, fail(err)
+	}
+	return connect.NewResponse(resp), nil
+}
+
+// parseLoginKeys parses the keys a login asks to have signed; the SSH key
+// is optional.
+func parseLoginKeys(tlsDER, sshLine []byte) (any, ssh.PublicKey, error) {
+	pub, err := parseTLSPublicKey(tlsDER)
+	if err != nil {
+		return nil, nil, trace.Wrap(err)
+	}
+	var sshPub ssh.PublicKey
+	if len(sshLine) > 0 {
+		if len(sshLine) > 8192 {
+			return nil, nil, trace.BadParameter("ssh_public_key: too large")
+		}
+		if sshPub, _, _, _, err = ssh.ParseAuthorizedKey(sshLine); err != nil {
+			return nil, nil, trace.BadParameter("ssh_public_key: not an authorized_keys line: %v", err)
+		}
+	}
+	return pub, sshPub, nil
+}
+
+// loginGrant is an authenticated login: who, and what to sign.
+type loginGrant struct {
+	id *certid.Identity
+	// tlsPub is nil for a web login: it is checked and recorded, and
+	// nothing is signed.
+	tlsPub     any
+	sshPub     ssh.PublicKey
+	ttlSeconds int64
+	clientAddr string
+	// details go into the user.login event (method, connector).
+	details map[string]string
+}
+
+// issueLogin is where every login (password or SSO) ends: it checks locks
+// and roles, signs the keys with a TTL clamped by the roles, and records
+// the login. Failures are the caller's to record, since only it knows
+// what was attempted.
+func (s *Server) issueLogin(ctx context.Context, g loginGrant) (*sigilv1.LoginResponse, error) {
+	id := g.id
+	if err := s.cfg.Locks.Check(ctx, id.Name, string(id.Kind), id.Roles); err != nil {
+		return nil, trace.Wrap(err)
 	}
 	checker, err := s.checker(ctx, id)
 	if err != nil {
-		return nil, fail(trace.Wrap(err))
+		return nil, trace.Wrap(err)
 	}
 	ttl := checker.MaxSessionTTL(s.cfg.DefaultTTL)
-	if m.TtlSeconds < 0 {
+	if g.ttlSeconds < 0 {
 		return nil, trace.BadParameter("ttl must be positive")
 	}
-	if req := time.Duration(m.TtlSeconds) * time.Second; req > 0 && req < ttl {
+	if req := time.Duration(g.ttlSeconds) * time.Second; req > 0 && req < ttl {
 		ttl = req
 	}
-	certPEM, err := s.cfg.Authority.SignUserCert(id, pub, ttl)
-	if err != nil {
-		return nil, fail(trace.Wrap(err))
-	}
 	resp := &sigilv1.LoginResponse{
-		TlsCertPem: certPEM,
-		TlsCaPem:   s.cfg.Authority.CertPEM(ca.TLSCA),
-		UserCaPem:  s.cfg.Authority.CertPEM(ca.UserCA),
-		SshCaKeys:  [][]byte{ssh.MarshalAuthorizedKey(s.cfg.Authority.SSHPublicKey(ca.SSHHostCA))},
-		Identity:   id.ToProto(),
-		Expires:    timestamppb.New(id.Expires),
+		TlsCaPem:  s.cfg.Authority.CertPEM(ca.TLSCA),
+		UserCaPem: s.cfg.Authority.CertPEM(ca.UserCA),
+		SshCaKeys: [][]byte{ssh.MarshalAuthorizedKey(s.cfg.Authority.SSHPublicKey(ca.SSHHostCA))},
 	}
-	if sshPub != nil {
-		cert, err := s.cfg.Authority.SignSSHUserCert(id, sshPub, ttl)
+	if g.tlsPub != nil {
+		if resp.TlsCertPem, err = s.cfg.Authority.SignUserCert(id, g.tlsPub, ttl); err != nil {
+			return nil, trace.Wrap(err)
+		}
+		resp.Expires = timestamppb.New(id.Expires)
+	}
+	if g.sshPub != nil {
+		cert, err := s.cfg.Authority.SignSSHUserCert(id, g.sshPub, ttl)
 		if err != nil {
-			return nil, fail(trace.Wrap(err))
+			return nil, trace.Wrap(err)
 		}
 		resp.SshCert = ssh.MarshalAuthorizedKey(cert)
 	}
+	resp.Identity = id.ToProto()
 	// Login succeeded only if the audit log says so: fail closed.
 	if err := s.emit(ctx, &audit.Event{
 		Type:       audit.EventUserLogin,
 		Identity:   auditIdentity(id),
-		ClientAddr: req.Peer().Addr,
+		ClientAddr: g.clientAddr,
 		Success:    true,
-		Details:    map[string]string{"method": "local"},
+		Details:    g.details,
 	}); err != nil {
 		return nil, err
+	}
+	if g.tlsPub == nil {
+		return resp, nil
 	}
 	if err := s.emit(ctx, &audit.Event{
 		Type:       audit.EventCertIssued,
 		Identity:   auditIdentity(id),
-		ClientAddr: req.Peer().Addr,
+		ClientAddr: g.clientAddr,
 		Success:    true,
 		Details:    map[string]string{"expires": id.Expires.UTC().Format(time.RFC3339), "ttl": ttl.String()},
 	}); err != nil {
 		return nil, err
 	}
-	return connect.NewResponse(resp), nil
+	return resp, nil
 }
 
 func (a *authService) WhoAmI(ctx context.Context, _ *connect.Request[sigilv1.WhoAmIRequest]) (*connect.Response[sigilv1.WhoAmIResponse], error) {

@@ -70,12 +70,26 @@ func (h *databaseService) ListDatabases(ctx context.Context, _ *connect.Request[
 }
 
 func (h *databaseService) GenerateDatabaseCert(ctx context.Context, req *connect.Request[sigilv1.GenerateDatabaseCertRequest]) (*connect.Response[sigilv1.GenerateDatabaseCertResponse], error) {
-	s := h.s
-	m := req.Msg
-	id, err := s.caller(ctx)
+	id, err := h.s.caller(ctx)
 	if err != nil {
 		return nil, trace.Wrap(err)
 	}
+	resp, err := h.s.signDatabaseCert(ctx, id, req.Msg, nil)
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(resp), nil
+}
+
+// sessionMFA is a per-session MFA check that just passed (see mfa.go).
+type sessionMFA struct {
+	device, deviceType string
+}
+
+// signDatabaseCert checks policy and signs a certificate routed to one
+// database for id. With mfa, the certificate carries the MFA device and is
+// valid MFACertTTL to connect (the session then lives on).
+func (s *Server) signDatabaseCert(ctx context.Context, id *certid.Identity, m *sigilv1.GenerateDatabaseCertRequest, mfa *sessionMFA) (*sigilv1.GenerateDatabaseCertResponse, error) {
 	if !id.Route.IsZero() {
 		return nil, trace.AccessDenied("a routed certificate cannot issue other certificates; use your login certificate")
 	}
@@ -83,7 +97,7 @@ func (h *databaseService) GenerateDatabaseCert(ctx context.Context, req *connect
 	if err != nil {
 		return nil, trace.Wrap(err)
 	}
-	checker, err := s.checker(ctx, id)
+	checker, err := s.checkerFor(ctx, id, types.KindDatabase, db.Metadata.Name)
 	if err != nil {
 		return nil, trace.Wrap(err)
 	}
@@ -97,8 +111,8 @@ func (h *databaseService) GenerateDatabaseCert(ctx context.Context, req *connect
 		return nil, trace.Wrap(err)
 	}
 	ttl := time.Until(id.Expires)
-	if ttl < time.Minute {
-		return nil, trace.AccessDenied("your login certificate expires in less than a minute: run \"sigil login\" again")
+	if ttl < minDBCertTTL {
+		return nil, trace.AccessDenied("your login certificate expires in less than %s: run \"sigil login\" again", minDBCertTTL)
 	}
 	if m.TtlSeconds < 0 {
 		return nil, trace.BadParameter("ttl must be positive")
@@ -113,10 +127,25 @@ func (h *databaseService) GenerateDatabaseCert(ctx context.Context, req *connect
 	// Per-session MFA is proven per session certificate, never inherited
 	// from the login.
 	routed.MFADevice = ""
+	if mfa != nil {
+		routed.MFADevice = mfa.device
+		ttl = MFACertTTL
+	}
 	routed.Route = certid.Route{ResourceKind: types.KindDatabase, ResourceName: db.Metadata.Name, DBUser: m.DbUser, DBName: m.DbName}
 	certPEM, err := s.cfg.Authority.SignUserCert(&routed, pub, ttl)
 	if err != nil {
 		return nil, trace.Wrap(err)
+	}
+	if mfa != nil {
+		if err := s.emit(ctx, &audit.Event{
+			Type:     audit.EventMFAVerified,
+			Identity: auditIdentity(&routed),
+			Resource: &audit.Resource{Kind: types.KindDatabase, Name: db.Metadata.Name, DbUser: m.DbUser, DbName: m.DbName},
+			Success:  true,
+			Details:  map[string]string{"device_type": mfa.deviceType, "purpose": "session"},
+		}); err != nil {
+			return nil, err
+		}
 	}
 	if err := s.emit(ctx, &audit.Event{
 		Type:     audit.EventCertIssued,
@@ -131,12 +160,12 @@ func (h *databaseService) GenerateDatabaseCert(ctx context.Context, req *connect
 	if err != nil {
 		return nil, trace.Wrap(err)
 	}
-	return connect.NewResponse(&sigilv1.GenerateDatabaseCertResponse{
+	return &sigilv1.GenerateDatabaseCertResponse{
 		TlsCertPem: certPEM,
 		TlsCaPem:   s.cfg.Authority.CertPEM(ca.TLSCA),
 		Expires:    timestamppb.New(routed.Expires),
 		Database:   dbInfo(db, users, names),
-	}), nil
+	}, nil
 }
 
 func (h *databaseService) SignDatabaseServer(ctx context.Context, req *connect.Request[sigilv1.SignDatabaseServerRequest]) (*connect.Response[sigilv1.SignDatabaseServerResponse], error) {

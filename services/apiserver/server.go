@@ -20,8 +20,11 @@ import (
 	"github.com/sigilhq/sigil/identity/certid"
 	"github.com/sigilhq/sigil/identity/policy"
 	"github.com/sigilhq/sigil/services/locks"
+	"github.com/sigilhq/sigil/services/mfa"
+	"github.com/sigilhq/sigil/services/requests"
 	"github.com/sigilhq/sigil/services/resources"
 	"github.com/sigilhq/sigil/services/roles"
+	"github.com/sigilhq/sigil/services/sso"
 	"github.com/sigilhq/sigil/services/users"
 )
 
@@ -47,9 +50,25 @@ type Config struct {
 	// AuditPublicKey verifies audit checkpoints.
 	AuditPublicKey ed25519.PublicKey
 	Limiter        *authn.RateLimiter
-	ClusterName    string
+	// SSO runs OIDC and SAML logins and keeps connector secrets; without
+	// it SSOService calls and creating connectors fail with
+	// NotImplemented.
+	SSO *sso.Service
+	// Requests stores access requests; without it RequestService calls
+	// fail with NotImplemented and certificates naming requests are
+	// refused.
+	Requests    *requests.Service
+	ClusterName string
 	// PublicAddr is the host:port users reach the gateway on (signup links).
 	PublicAddr string
+	// RecordingsDir holds SSH session recordings (GetRecording); empty
+	// when the gateway keeps none.
+	RecordingsDir string
+	// MFA keeps MFA devices and runs challenges; without it MFAService
+	// calls fail with NotImplemented and no second factor can be asked.
+	MFA *mfa.Service
+	// SecondFactor is auth.second_factor: off, otp, webauthn or on.
+	SecondFactor string
 	// MySQLAddr is the MySQL listener address clients use (ClusterInfo).
 	MySQLAddr  string
 	Version    string
@@ -84,6 +103,12 @@ func (c *Config) CheckAndSetDefaults() error {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if err := checkSecondFactor(c.SecondFactor, c.MFA); err != nil {
+		return trace.Wrap(err)
+	}
+	if c.SecondFactor == "" {
+		c.SecondFactor = SecondFactorOff
 	}
 	if c.Limiter == nil {
 		l, err := authn.NewRateLimiter(authn.RateLimiterConfig{Clock: c.Clock})
@@ -124,6 +149,10 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle(sigilv1connect.NewLockServiceHandler(&lockService{s}, opts...))
 	mux.Handle(sigilv1connect.NewAuditServiceHandler(&auditService{s}, opts...))
 	mux.Handle(sigilv1connect.NewDatabaseServiceHandler(&databaseService{s}, opts...))
+	mux.Handle(sigilv1connect.NewMFAServiceHandler(&mfaService{s}, opts...))
+	mux.Handle(sigilv1connect.NewSSHServiceHandler(&sshService{s}, opts...))
+	mux.Handle(sigilv1connect.NewSSOServiceHandler(&ssoService{s}, opts...))
+	mux.Handle(sigilv1connect.NewRequestServiceHandler(&requestService{s}, opts...))
 	return s.withIdentity(mux)
 }
 
@@ -132,6 +161,19 @@ type identityKey struct{}
 type callerInfo struct {
 	id  *certid.Identity
 	err error
+	// web is set for web console users calling in-process (WithWebCaller);
+	// binding names their console session (it binds MFA challenges).
+	web     bool
+	binding string
+}
+
+// WithWebCaller returns ctx carrying the identity of a web console user,
+// for calling Handler in-process: the console authenticated the user by
+// its cookie session, and binding names that session. Only Go code can
+// put this in a request's context; requests from the network never carry
+// it.
+func WithWebCaller(ctx context.Context, id *certid.Identity, binding string) context.Context {
+	return context.WithValue(ctx, identityKey{}, &callerInfo{id: id, web: true, binding: binding})
 }
 
 // withIdentity decodes the client certificate (if any) once per request
@@ -139,6 +181,10 @@ type callerInfo struct {
 func (s *Server) withIdentity(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		r.Body = http.MaxBytesReader(w, r.Body, MaxRequestBytes)
+		if info, ok := r.Context().Value(identityKey{}).(*callerInfo); ok && info.web {
+			next.ServeHTTP(w, r)
+			return
+		}
 		info := &callerInfo{err: trace.AccessDenied("this call needs a client certificate: run \"sigil login\" first")}
 		if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
 			id, err := certid.Verify(r.TLS.PeerCertificates[0], r.TLS.PeerCertificates[1:], s.cfg.Authority.CertPool(ca.UserCA), s.cfg.Clock())
@@ -171,7 +217,25 @@ func (s *Server) roles(ctx context.Context, names []string) ([]*types.Role, erro
 }
 
 func (s *Server) checker(ctx context.Context, id *certid.Identity) (*policy.AccessChecker, error) {
-	return roles.Checker(ctx, s.cfg.Resources, id.Roles, id.Traits, string(id.Kind))
+	return s.checkerFor(ctx, id, "", "")
+}
+
+// checkerFor evaluates id's roles for one resource (kind, name; empty for
+// uses that name none): roles from access requests count only while the
+// request is approved and unexpired, and only for resources it covers.
+func (s *Server) checkerFor(ctx context.Context, id *certid.Identity, kind, name string) (*policy.AccessChecker, error) {
+	names := id.Roles
+	if len(id.AccessRequests) > 0 {
+		if s.cfg.Requests == nil {
+			return nil, trace.AccessDenied("this certificate carries access requests, which this server does not support; run \"sigil login\" without --request-id")
+		}
+		g, err := s.cfg.Requests.Effective(ctx, id, kind, name)
+		if err != nil {
+			return nil, trace.Wrap(err)
+		}
+		names = g.Roles
+	}
+	return roles.Checker(ctx, s.cfg.Resources, names, id.Traits, string(id.Kind))
 }
 
 // authorize authenticates the caller and checks one admin verb on a kind.

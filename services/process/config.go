@@ -55,6 +55,12 @@ type AuthConfig struct {
 	CertTTL types.Duration `yaml:"cert_ttl"`
 	// SignupTTL is how long signup links work.
 	SignupTTL types.Duration `yaml:"signup_ttl"`
+	// SecondFactor is what a password login needs besides the password:
+	// off, otp (a TOTP code), webauthn (a security key) or on (either).
+	SecondFactor string `yaml:"second_factor"`
+	// WebIdleTimeout signs a web console session out after this long
+	// without a request.
+	WebIdleTimeout types.Duration `yaml:"web_idle_timeout"`
 }
 
 // LogConfig configures the daemon's own log.
@@ -131,6 +137,19 @@ func (c *Config) CheckAndSetDefaults() error {
 	if c.Auth.SignupTTL == 0 {
 		c.Auth.SignupTTL = types.Duration(time.Hour)
 	}
+	switch c.Auth.SecondFactor {
+	case "":
+		c.Auth.SecondFactor = "off"
+	case "off", "otp", "webauthn", "on":
+	default:
+		return trace.BadParameter("auth.second_factor: %q is not one of off, otp, webauthn, on", c.Auth.SecondFactor)
+	}
+	if c.Auth.WebIdleTimeout == 0 {
+		c.Auth.WebIdleTimeout = types.Duration(30 * time.Minute)
+	}
+	if c.Auth.WebIdleTimeout.Duration() < time.Minute {
+		return trace.BadParameter("auth.web_idle_timeout: must be at least 1m")
+	}
 	if c.Audit.Retention < 0 || (c.Audit.Retention > 0 && c.Audit.Retention.Duration() < time.Hour) {
 		return trace.BadParameter("audit.retention: must be at least 1h (or 0 to keep every event)")
 	}
@@ -178,6 +197,14 @@ auth:
   cert_ttl: 8h
   # How long a signup link works.
   signup_ttl: 1h
+  # Second factor of a password login: off, otp (a code from an
+  # authenticator app), webauthn (a security key) or on (either). New
+  # users then register a device when they sign up. Per-session MFA for
+  # database sessions is asked by roles (require_session_mfa) whatever
+  # this says.
+  second_factor: off
+  # The web console signs a session out after this long without a request.
+  web_idle_timeout: 30m
 
 audit:
   # Prune events older than this; the hash chain stays verifiable from a

@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -29,11 +30,16 @@ import (
 	"github.com/sigilhq/sigil/gateway/mysql"
 	"github.com/sigilhq/sigil/gateway/postgres"
 	"github.com/sigilhq/sigil/gateway/session"
+	sshgw "github.com/sigilhq/sigil/gateway/ssh"
+	"github.com/sigilhq/sigil/identity/authn"
 	"github.com/sigilhq/sigil/identity/ca"
 	"github.com/sigilhq/sigil/identity/certid"
 	"github.com/sigilhq/sigil/services/apiserver"
 	"github.com/sigilhq/sigil/services/locks"
+	"github.com/sigilhq/sigil/services/mfa"
+	"github.com/sigilhq/sigil/services/requests"
 	"github.com/sigilhq/sigil/services/resources"
+	"github.com/sigilhq/sigil/services/sso"
 	"github.com/sigilhq/sigil/services/storage"
 	"github.com/sigilhq/sigil/services/storage/badger"
 	"github.com/sigilhq/sigil/services/users"
@@ -45,6 +51,8 @@ const (
 	backendDir = "backend"
 	// auditDir holds the audit log's own badger database.
 	auditDir = "audit/log"
+	// recordingsDir holds SSH session recordings (asciicast v2).
+	recordingsDir = "recordings"
 	// pruneInterval is how often retention runs.
 	pruneInterval = time.Hour
 	sealKeyFile   = "keys/ca-seal.key"
@@ -141,6 +149,10 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer, ve
 	if err != nil {
 		return nil, trace.Wrap(err)
 	}
+	reqSvc, err := requests.New(requests.Config{Backend: d.backend})
+	if err != nil {
+		return nil, trace.Wrap(err)
+	}
 
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -159,26 +171,60 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer, ve
 		return nil, trace.Wrap(err, "listening on %s for MySQL (set --mysql-listen to a free address)", cfg.MySQLListen)
 	}
 
+	ssoSvc, err := sso.New(sso.Config{
+		Backend:    d.backend,
+		Resources:  store,
+		Sealer:     sealer,
+		PublicAddr: publicAddr,
+		Emitter:    d.emitter,
+		Logger:     log.With("component", "sso"),
+	})
+	if err != nil {
+		ln.Close()
+		return nil, trace.Wrap(err)
+	}
+	mfaSvc, err := d.newMFA(sealer, publicAddr)
+	if err != nil {
+		ln.Close()
+		return nil, trace.Wrap(err)
+	}
 	d.api, err = apiserver.New(apiserver.Config{
 		Authority:      d.authority,
 		Resources:      store,
 		Users:          d.users,
 		Locks:          lockSvc,
+		Requests:       reqSvc,
 		Emitter:        d.emitter,
+		SSO:            ssoSvc,
 		AuditStore:     d.audit,
 		AuditPublicKey: d.authority.AuditPublicKey(),
 		ClusterName:    cfg.ClusterName,
 		PublicAddr:     publicAddr,
 		MySQLAddr:      mysqlPublicAddr(publicAddr, d.mysqlLn.Addr()),
+		RecordingsDir:  filepath.Join(cfg.DataDir, recordingsDir),
 		Version:        version,
 		DefaultTTL:     cfg.Auth.CertTTL.Duration(),
+		MFA:            mfaSvc,
+		SecondFactor:   cfg.Auth.SecondFactor,
 		Logger:         log.With("component", "api"),
 	})
 	if err != nil {
 		ln.Close()
 		return nil, trace.Wrap(err)
 	}
-	webHandler, err := web.New(web.Config{Signups: d.users, PublicAddr: publicAddr, Logger: log.With("component", "web")})
+	apiHandler := d.api.Handler()
+	webHandler, err := web.New(web.Config{Signups: d.users, PublicAddr: publicAddr, SSO: ssoSvc, Finisher: d.api, Logger: log.With("component", "web"),
+		Console: &web.ConsoleConfig{
+			API:         apiHandler,
+			Caller:      apiserver.WithWebCaller,
+			Auth:        d.api,
+			MFA:         mfaSvc,
+			Backend:     d.backend,
+			IdleTimeout: cfg.Auth.WebIdleTimeout.Duration(),
+			SessionTTL:  cfg.Auth.CertTTL.Duration(),
+			Origin:      d.api.WebURL(""),
+		},
+	})
 	if err != nil {
 		ln.Close()
 		return nil, trace.Wrap(err)
@@ -193,7 +239,7 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer, ve
 		ln.Close()
 		return nil, trace.Wrap(err)
 	}
-	sessions, err := session.New(session.Config{Authority: d.authority, Resources: store, Locks: lockSvc, Emitter: d.emitter, Logger: d.log})
+	sessions, err := session.New(session.Config{Authority: d.authority, Resources: store, Locks: lockSvc, Requests: reqSvc, Emitter: d.emitter, Logger: d.log})
 	if err != nil {
 		ln.Close()
 		return nil, trace.Wrap(err)
@@ -206,13 +252,17 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer, ve
 		ln.Close()
 		return nil, trace.Wrap(err)
 	}
+	if err := d.registerSSH(sessions, store, publicAddr); err != nil {
+		ln.Close()
+		return nil, trace.Wrap(err)
+	}
 	webLn := mux.NewConnListener(d.addr)
 	d.mux.HandleALPN([]string{"h2", "http/1.1"}, webLn.Handler())
 	d.mux.HandleDefaultTLS(webLn.Handler())
 
 	root := http.NewServeMux()
 	root.Handle("/web/", webHandler)
-	root.Handle("/", d.api.Handler())
+	root.Handle("/", apiHandler)
 	d.http = &http.Server{
 		Handler:           root,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -246,6 +296,19 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer, ve
 	return d, nil
 }
 
+// newMFA returns the MFA service. Security keys need the public address
+// to be a DNS name (or loopback, served as localhost); without that only
+// TOTP devices work.
+func (d *Daemon) newMFA(sealer ca.Sealer, publicAddr string) (*mfa.Service, error) {
+	wa, err := authn.NewWebAuthn(authn.WebAuthnConfig{PublicAddr: publicAddr, DisplayName: "Sigil " + d.cfg.ClusterName})
+	if err != nil {
+		d.log.Warn("Security keys (WebAuthn) are disabled; only TOTP devices work.", "reason", trace.UserMessage(err))
+		wa = nil
+	}
+	svc, err := mfa.New(mfa.Config{Backend: d.backend, Sealer: sealer, WebAuthn: wa, Issuer: "Sigil " + d.cfg.ClusterName, Logger: d.log.With("component", "mfa")})
+	return svc, trace.Wrap(err)
+}
+
 // registerPostgres routes PostgreSQL clients on the gateway port to the
 // PostgreSQL engine.
 func (d *Daemon) registerPostgres(sessions *session.Manager) error {
@@ -272,6 +335,34 @@ func (d *Daemon) registerMySQL(ctx context.Context, sessions *session.Manager) e
 			d.log.Error("MySQL listener stopped", "error", err)
 		}
 	}()
+	return nil
+}
+
+// registerSSH routes SSH clients (sniffed "SSH-" banner) on the gateway
+// port to the SSH engine.
+func (d *Daemon) registerSSH(sessions *session.Manager, store *resources.Store, publicAddr string) error {
+	names := []string{"localhost", "127.0.0.1", "::1"}
+	for _, hp := range []string{publicAddr, d.cfg.Listen} {
+		if host, _, err := net.SplitHostPort(hp); err == nil && host != "" && !slices.Contains(names, host) {
+			if ip := net.ParseIP(host); ip == nil || !ip.IsUnspecified() {
+				names = append([]string{host}, names...)
+			}
+		}
+	}
+	srv, err := sshgw.New(sshgw.Config{
+		Sessions:       sessions,
+		Authority:      d.authority,
+		Resources:      store,
+		ClusterName:    d.cfg.ClusterName,
+		RecordingsDir:  filepath.Join(d.cfg.DataDir, recordingsDir),
+		HostNames:      names,
+		GetCertificate: d.serverTLSConfig().GetCertificate,
+		Logger:         d.log,
+	})
+	if err != nil {
+		return trace.Wrap(err)
+	}
+	srv.Register(d.mux)
 	return nil
 }
 

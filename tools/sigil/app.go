@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -24,6 +25,9 @@ type app struct {
 	stdin  io.Reader
 	stdout io.Writer
 	stderr io.Writer
+	// stdinLines reads prompts' answers from stdin when there is no
+	// terminal (see promptLine); made on first use.
+	stdinLines *bufio.Reader
 
 	// openTerminal opens the controlling terminal for prompts. Prompts do
 	// not use stdin because stdin may carry the password.
@@ -95,6 +99,9 @@ First time? An admin gives you a signup link; complete it, then log in:
 	})
 	root.AddCommand(a.signupCommand(), a.loginCommand(), a.statusCommand(), a.logoutCommand(),
 		a.dbCommand(), a.proxyCommand())
+	root.AddCommand(a.requestCommand())
+	root.AddCommand(a.mfaCommand())
+	root.AddCommand(a.lsCommand(), a.sshCommand(), a.playCommand(), a.configCommand())
 	return root
 }
 

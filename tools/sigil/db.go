@@ -288,15 +288,7 @@ type dbCert struct {
 // issueDBCert asks the gateway for a certificate for a new key, routed to
 // database as user/name, authenticating with p's login certificate.
 func (a *app) issueDBCert(ctx context.Context, p *client.Profile, clt *client.Client, database, user, name string, ttl time.Duration) (*dbCert, error) {
-	key, err := client.GenerateKey()
-	if err != nil {
-		return nil, trace.Wrap(err)
-	}
-	pub, err := client.MarshalPublicKeyDER(key)
-	if err != nil {
-		return nil, trace.Wrap(err)
-	}
-	keyPEM, err := client.MarshalPrivateKeyPEM(key)
+	pub, keyPEM, err := newKey()
 	if err != nil {
 		return nil, trace.Wrap(err)
 	}
@@ -306,12 +298,34 @@ func (a *app) issueDBCert(ctx context.Context, p *client.Profile, clt *client.Cl
 	if err != nil {
 		return nil, apiError(err, p.Proxy)
 	}
-	c := &dbCert{certPEM: resp.Msg.GetTlsCertPem(), keyPEM: keyPEM, caPEM: resp.Msg.GetTlsCaPem(), resp: resp.Msg}
+	return dbCertFrom(p, resp.Msg, keyPEM)
+}
+
+// newKey makes a fresh key to have signed: its PKIX DER public key and
+// PEM private key.
+func newKey() (pub, keyPEM []byte, err error) {
+	key, err := client.GenerateKey()
+	if err != nil {
+		return nil, nil, trace.Wrap(err)
+	}
+	if pub, err = client.MarshalPublicKeyDER(key); err != nil {
+		return nil, nil, trace.Wrap(err)
+	}
+	if keyPEM, err = client.MarshalPrivateKeyPEM(key); err != nil {
+		return nil, nil, trace.Wrap(err)
+	}
+	return pub, keyPEM, nil
+}
+
+// dbCertFrom pairs an issued certificate with its key; the profile's
+// gateway CA stands in when the answer carries none.
+func dbCertFrom(p *client.Profile, resp *sigilv1.GenerateDatabaseCertResponse, keyPEM []byte) (*dbCert, error) {
+	c := &dbCert{certPEM: resp.GetTlsCertPem(), keyPEM: keyPEM, caPEM: resp.GetTlsCaPem(), resp: resp}
 	if len(c.caPEM) == 0 {
 		c.caPEM = p.Identity.TLSCAPEM
 	}
-	c.pair, err = tls.X509KeyPair(c.certPEM, keyPEM)
-	if err != nil {
+	var err error
+	if c.pair, err = tls.X509KeyPair(c.certPEM, keyPEM); err != nil {
 		return nil, trace.BadParameter("the gateway returned an unusable database certificate: %v", err)
 	}
 	return c, nil
@@ -320,6 +334,8 @@ func (a *app) issueDBCert(ctx context.Context, p *client.Profile, clt *client.Cl
 type dbLoginOptions struct {
 	database, user, name string
 	ttl                  time.Duration
+	// otp answers a per-session MFA check (else the terminal is asked).
+	otp string
 }
 
 // dbLogin issues a routed certificate and writes it with route.yaml.
@@ -348,7 +364,16 @@ func (a *app) dbLogin(ctx context.Context, p *client.Profile, clt *client.Client
 			return nil, dbFiles{}, trace.Wrap(err)
 		}
 	}
-	c, err := a.issueDBCert(ctx, p, clt, opts.database, user, name, opts.ttl)
+	role, err := a.sessionMFARole(ctx, p, clt, opts.database, user, name)
+	if err != nil {
+		return nil, dbFiles{}, trace.Wrap(err)
+	}
+	var c *dbCert
+	if role != "" {
+		c, err = a.mfaDBCert(ctx, p, clt, role, opts.database, user, name, opts.otp)
+	} else {
+		c, err = a.issueDBCert(ctx, p, clt, opts.database, user, name, opts.ttl)
+	}
 	if err != nil {
 		return nil, dbFiles{}, trace.Wrap(err)
 	}
@@ -469,6 +494,7 @@ PostgreSQL). The certificate expires with your Sigil login at the latest.`,
 	f.StringVar(&opts.user, "db-user", "", "database user to connect as")
 	f.StringVar(&opts.name, "db-name", "", "database name inside the server (the PostgreSQL dbname)")
 	f.DurationVar(&opts.ttl, "ttl", 0, "certificate lifetime (e.g. 1h); default: until your Sigil login expires")
+	f.StringVar(&opts.otp, "otp", "", "one-time code for a per-session MFA check (default: asked on the terminal)")
 	return cmd
 }
 
@@ -554,6 +580,7 @@ func shellQuote(s string) string {
 type dbConnectOptions struct {
 	database, user, name string
 	extra                []string
+	otp                  string
 }
 
 func (a *app) dbConnectCommand() *cobra.Command {
@@ -571,6 +598,12 @@ user and db name and valid for at least another minute; otherwise sigil logs
 in to the database first. Without --db-user, the db user of the last login is
 used, else the single one your roles allow. Arguments after "--" go to the
 client.
+
+When one of your roles requires per-session MFA (require_session_mfa), sigil
+first runs an MFA check: it asks for a one-time code from your authenticator
+app (or --otp), or prints a console link where you touch your security key,
+and waits. The certificate it gets is valid one minute to connect; the
+session then lasts as long as your roles allow.
 
 psql comes from the postgresql-client package (apt install postgresql-client),
 mariadb from mariadb-client (apt install mariadb-client); an Oracle MySQL
@@ -598,6 +631,7 @@ mariadb from mariadb-client (apt install mariadb-client); an Oracle MySQL
 	f := cmd.Flags()
 	f.StringVar(&opts.user, "db-user", "", "database user to connect as")
 	f.StringVar(&opts.name, "db-name", "", "database name inside the server (the PostgreSQL dbname)")
+	f.StringVar(&opts.otp, "otp", "", "one-time code for a per-session MFA check (default: asked on the terminal)")
 	return cmd
 }
 
@@ -628,13 +662,24 @@ func (a *app) dbConnect(ctx context.Context, opts dbConnectOptions) error {
 			route = nil
 		}
 	}
-	if route == nil {
-		clt, err := client.NewFromIdentity(p.Identity, a.timeout)
+	clt, err := client.NewFromIdentity(p.Identity, a.timeout)
+	if err != nil {
+		return trace.Wrap(err)
+	}
+	defer clt.Close()
+	if route != nil {
+		// A stored certificate never carries a per-session MFA check (those
+		// last a minute), so it is no use when a role asks for one.
+		role, err := a.sessionMFARole(ctx, p, clt, route.Database, route.DBUser, route.DBName)
 		if err != nil {
 			return trace.Wrap(err)
 		}
-		defer clt.Close()
-		route, files, err = a.dbLogin(ctx, p, clt, dbLoginOptions{database: opts.database, user: opts.user, name: opts.name})
+		if role != "" {
+			route = nil
+		}
+	}
+	if route == nil {
+		route, files, err = a.dbLogin(ctx, p, clt, dbLoginOptions{database: opts.database, user: opts.user, name: opts.name, otp: opts.otp})
 		if err != nil {
 			return trace.Wrap(err)
 		}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/sigilhq/sigil/api/client"
 	sigilv1 "github.com/sigilhq/sigil/api/gen/sigil/v1"
+	"github.com/sigilhq/sigil/api/types"
 )
 
 // anonClient returns a client for the unauthenticated AuthService calls,
@@ -180,20 +181,29 @@ type loginOptions struct {
 	trust         trustOptions
 	user          string
 	auth          string
+	browser       string
 	ttl           time.Duration
 	passwordStdin bool
 	otp           string
+	requestID     string
 }
 
 func (a *app) loginCommand() *cobra.Command {
 	var opts loginOptions
 	cmd := &cobra.Command{
-		Use:   "login --proxy HOST:PORT [--user USER]",
+		Use:   "login --proxy HOST:PORT [--user USER | --auth CONNECTOR]",
 		Short: "Log in to a gateway and store short-lived certificates in a profile",
 		Long: `Log in to a Sigil gateway with your password (and one-time code if your
-account has one). sigil generates a fresh key, the gateway signs a short-lived
-certificate for it, and both are stored in the profile
-$SIGIL_HOME/profiles/HOST_PORT (default ~/.sigil), which becomes current.
+account has one), or through your identity provider with --auth CONNECTOR.
+sigil generates a fresh key, the gateway signs a short-lived certificate for
+it, and both are stored in the profile $SIGIL_HOME/profiles/HOST_PORT
+(default ~/.sigil), which becomes current.
+
+With --auth CONNECTOR (an OIDC or SAML connector; the gateway's /web/login
+page lists them), sigil prints a login URL and opens it in a browser when
+there is a display. After you log in at the identity provider, the browser
+comes back to a listener sigil runs on 127.0.0.1, and your roles and traits
+are whatever the connector maps your groups and claims to at that moment.
 
 The first time you reach a gateway, sigil shows the fingerprint of its CA and
 asks whether to trust it, like ssh does for host keys; the answer is kept in
@@ -202,7 +212,10 @@ question, pass the CA itself (--ca-file, from "sigilctl auth export --type
 tls-ca") or the fingerprint you expect (--ca-fingerprint).`,
 		Example: `  sigil login --proxy 127.0.0.1:3443
   sigil login --proxy sigil.example.com:3443 --user alice --ca-file sigil-ca.pem --ttl 2h
-  printf '%s\n' "$PASSWORD" | sigil login --proxy 127.0.0.1:3443 --user alice --password-stdin --otp 123456`,
+  printf '%s\n' "$PASSWORD" | sigil login --proxy 127.0.0.1:3443 --user alice --password-stdin --otp 123456
+  sigil login --proxy sigil.example.com:3443 --auth okta
+  sigil login --proxy sigil.example.com:3443 --auth okta --browser none   # print the URL only
+  sigil login --request-id 6f1c...   # add the roles of an approved access request`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return a.login(cmd.Context(), opts)
@@ -211,31 +224,48 @@ tls-ca") or the fingerprint you expect (--ca-fingerprint).`,
 	f := cmd.Flags()
 	f.StringVar(&opts.trust.proxy, "proxy", "", "gateway address HOST:PORT")
 	f.StringVar(&opts.user, "user", os.Getenv("USER"), "user to log in as")
-	f.StringVar(&opts.auth, "auth", "local", "authentication method: local (password)")
+	f.StringVar(&opts.auth, "auth", types.AuthLocal, "authentication method: local (password) or the name of an SSO connector")
+	f.StringVar(&opts.browser, "browser", "", "with --auth CONNECTOR: \"none\" only prints the login URL instead of also opening a browser")
 	f.StringVar(&opts.trust.caFile, "ca-file", "", "PEM file of the gateway CA (from \"sigilctl auth export --type tls-ca\")")
 	f.StringVar(&opts.trust.fingerprint, "ca-fingerprint", "", "trust the gateway CA only if it has this fingerprint (sha256:AB:CD:...), without asking")
 	f.DurationVar(&opts.ttl, "ttl", 0, "certificate lifetime (e.g. 2h); default and maximum come from your roles")
 	f.BoolVar(&opts.passwordStdin, "password-stdin", false, "read the password from stdin instead of the terminal")
 	f.StringVar(&opts.otp, "otp", "", "one-time code from your authenticator app")
+	f.StringVar(&opts.requestID, "request-id", "", "add the roles of your approved access request ID to the current login (see \"sigil request\"); no password needed")
 	return cmd
 }
 
 func (a *app) login(ctx context.Context, opts loginOptions) error {
+	if opts.requestID != "" {
+		// The current login proves who you are; the request adds roles.
+		p, clt, err := a.dbClient()
+		if err != nil {
+			return trace.Wrap(err)
+		}
+		defer clt.Close()
+		if opts.trust.proxy != "" && opts.trust.proxy != p.Proxy {
+			return trace.BadParameter("--request-id uses the current login (to %s), not %s; log in to %s first", p.Proxy, opts.trust.proxy, opts.trust.proxy)
+		}
+		return trace.Wrap(a.assumeRequest(ctx, p, clt, opts.requestID))
+	}
 	proxy := opts.trust.proxy
 	if err := checkProxy(proxy); err != nil {
 		return trace.Wrap(err)
-	}
-	if opts.user == "" {
-		return trace.BadParameter("missing --user (and $USER is not set)")
-	}
-	if opts.auth != "local" {
-		return trace.NotImplemented("--auth %q: only local (password) login is supported by this version of sigil", opts.auth)
 	}
 	if opts.ttl < 0 {
 		return trace.BadParameter("--ttl must be positive, got %v", opts.ttl)
 	}
 	if opts.ttl > 0 && opts.ttl < time.Minute {
 		return trace.BadParameter("--ttl %v is too short; use at least 1m", opts.ttl)
+	}
+	if opts.auth == "" {
+		return trace.BadParameter("--auth: use local (password) or the name of an SSO connector")
+	}
+	if opts.auth != types.AuthLocal {
+		return a.ssoLogin(ctx, opts)
+	}
+	if opts.user == "" {
+		return trace.BadParameter("missing --user (and $USER is not set)")
 	}
 	home := client.Home()
 	caPEM, err := a.resolveCA(ctx, home, opts.trust)
@@ -246,15 +276,7 @@ func (a *app) login(ctx context.Context, opts loginOptions) error {
 	if err != nil {
 		return trace.Wrap(err)
 	}
-	key, err := client.GenerateKey()
-	if err != nil {
-		return trace.Wrap(err)
-	}
-	pubDER, err := client.MarshalPublicKeyDER(key)
-	if err != nil {
-		return trace.Wrap(err)
-	}
-	keyPEM, err := client.MarshalPrivateKeyPEM(key)
+	pubDER, keyPEM, err := newKey()
 	if err != nil {
 		return trace.Wrap(err)
 	}
@@ -264,17 +286,27 @@ func (a *app) login(ctx context.Context, opts loginOptions) error {
 	}
 	defer c.Close()
 	a.logger().DebugContext(ctx, "Logging in.", "proxy", proxy, "user", opts.user, "ttl", opts.ttl)
-	resp, err := c.Auth.Login(ctx, connect.NewRequest(&sigilv1.LoginRequest{
+	req := &sigilv1.LoginRequest{
 		User:         opts.user,
 		Password:     password,
 		Otp:          opts.otp,
 		TlsPublicKey: pubDER,
 		TtlSeconds:   int64(opts.ttl / time.Second),
-	}))
+	}
+	if err := a.loginSecondFactor(ctx, c, proxy, req); err != nil {
+		return trace.Wrap(err)
+	}
+	resp, err := c.Auth.Login(ctx, connect.NewRequest(req))
 	if err != nil {
 		return apiError(err, proxy)
 	}
-	id := &client.Identity{Proxy: proxy, CertPEM: resp.Msg.GetTlsCertPem(), KeyPEM: keyPEM, TLSCAPEM: caPEM}
+	return a.saveLogin(ctx, home, proxy, opts.user, caPEM, keyPEM, resp.Msg)
+}
+
+// saveLogin writes the profile of a finished login (password or SSO) and
+// makes it current.
+func (a *app) saveLogin(ctx context.Context, home, proxy, user string, caPEM, keyPEM []byte, resp *sigilv1.LoginResponse) error {
+	id := &client.Identity{Proxy: proxy, CertPEM: resp.GetTlsCertPem(), KeyPEM: keyPEM, TLSCAPEM: caPEM}
 	if len(id.CertPEM) == 0 {
 		return trace.BadParameter("the gateway returned no certificate")
 	}
@@ -282,11 +314,12 @@ func (a *app) login(ctx context.Context, opts loginOptions) error {
 	if _, err := id.TLSConfig(); err != nil {
 		return trace.Wrap(err, "the gateway returned an unusable certificate")
 	}
-	p := profileFromLogin(proxy, opts.user, resp.Msg, id)
+	p := profileFromLogin(proxy, user, resp, id)
 	if err := client.SaveProfile(home, p); err != nil {
 		return trace.Wrap(err, "saving the profile")
 	}
 	a.logger().DebugContext(ctx, "Saved profile.", "dir", p.Dir)
+	a.loginSSH(ctx, p)
 	return trace.Wrap(a.printStatus(p, "text"))
 }
 

@@ -23,14 +23,16 @@ func (a *app) proxyCommand() *cobra.Command {
 		Short: "Run local listeners that carry connections to the gateway",
 		Long: `Run local listeners that carry connections to the gateway for clients that
 cannot present Sigil certificates themselves.`,
-		Example: `  sigil proxy db pg1 --tunnel --port 15432 --db-user reader --db-name app`,
+		Example: `  sigil proxy db pg1 --tunnel --port 15432 --db-user reader --db-name app
+  ssh -o ProxyCommand="sigil proxy ssh %r@%h:%p" alice@node1`,
 	}
-	cmd.AddCommand(a.proxyDBCommand())
+	cmd.AddCommand(a.proxyDBCommand(), a.proxySSHCommand())
 	return cmd
 }
 
 type proxyDBOptions struct {
 	database, user, name string
+	otp                  string
 	tunnel               bool
 	port                 int
 	certTTL              time.Duration
@@ -52,6 +54,12 @@ left; open connections are not affected by a renewal. The renewals use your
 Sigil login, so when that expires, run "sigil login" again: the tunnel picks it
 up without a restart, and open connections keep working meanwhile.
 
+When a role requires per-session MFA (require_session_mfa), the tunnel first
+asks for an MFA check (a one-time code, or a security key in the browser).
+The certificate it yields opens sessions for one minute; open sessions then
+live on. After that minute, a new connection is refused with a message and
+the tunnel asks for a new check on its terminal; connect again once it passed.
+
 Without --port a free port is chosen and printed. Stop with Ctrl-C.`,
 		Example: `  sigil proxy db pg1 --tunnel --port 15432 --db-user reader --db-name app
   DATABASE_URL='postgres://reader@127.0.0.1:15432/app?sslmode=disable' ./my-app
@@ -68,6 +76,7 @@ Without --port a free port is chosen and printed. Stop with Ctrl-C.`,
 	f.IntVar(&opts.port, "port", 0, "local port on 127.0.0.1 (default: a free port)")
 	f.StringVar(&opts.user, "db-user", "", "database user to connect as")
 	f.StringVar(&opts.name, "db-name", "", "database name inside the server (the PostgreSQL dbname)")
+	f.StringVar(&opts.otp, "otp", "", "one-time code for the first per-session MFA check (later ones are asked on the terminal)")
 	f.DurationVar(&opts.certTTL, "cert-ttl", 0, "lifetime of each database certificate (testing renewals)")
 	f.MarkHidden("cert-ttl")
 	return cmd
@@ -108,7 +117,16 @@ func (a *app) proxyDB(ctx context.Context, opts proxyDBOptions) error {
 	if err != nil {
 		return trace.Wrap(err)
 	}
-	first, err := a.issueDBCert(ctx, p, clt, opts.database, user, name, opts.certTTL)
+	role, err := a.sessionMFARole(ctx, p, clt, opts.database, user, name)
+	if err != nil {
+		return trace.Wrap(err)
+	}
+	var first *dbCert
+	if role != "" {
+		first, err = a.mfaDBCert(ctx, p, clt, role, opts.database, user, name, opts.otp)
+	} else {
+		first, err = a.issueDBCert(ctx, p, clt, opts.database, user, name, opts.certTTL)
+	}
 	if err != nil {
 		return trace.Wrap(err)
 	}
@@ -119,18 +137,38 @@ func (a *app) proxyDB(ctx context.Context, opts proxyDBOptions) error {
 	}
 	log := slog.New(slog.NewTextHandler(a.stderr, &slog.HandlerOptions{Level: level})).With("database", opts.database)
 	home, proxy := client.Home(), p.Proxy
-	certs, err := tunnel.NewRenewingCerts(tunnel.RenewingCertsConfig{
-		Initial: &first.pair,
-		Issue: func(ctx context.Context) (*tls.Certificate, error) {
-			// Reloaded each time so a "sigil login" done meanwhile is used.
-			p, err := client.LoadProfile(home, proxy)
+	// Reloaded each time so a "sigil login" done meanwhile is used.
+	loginClient := func() (*client.Profile, *client.Client, error) {
+		p, err := client.LoadProfile(home, proxy)
+		if err != nil {
+			return nil, nil, trace.Wrap(err)
+		}
+		if err := a.checkLoginValid(p); err != nil {
+			return nil, nil, trace.Wrap(err)
+		}
+		clt, err := client.NewFromIdentity(p.Identity, a.timeout)
+		return p, clt, trace.Wrap(err)
+	}
+	var certs tunnel.CertSource
+	if role != "" {
+		// Each certificate opens sessions for a minute only: the tunnel
+		// keeps it for new connections meanwhile, then asks again.
+		certs = newMFACerts(&first.pair, func(ctx context.Context) (*tls.Certificate, error) {
+			p, clt, err := loginClient()
 			if err != nil {
 				return nil, trace.Wrap(err)
 			}
-			if err := a.checkLoginValid(p); err != nil {
+			defer clt.Close()
+			c, err := a.mfaDBCert(ctx, p, clt, role, opts.database, user, name, "")
+			if err != nil {
 				return nil, trace.Wrap(err)
 			}
-			clt, err := client.NewFromIdentity(p.Identity, a.timeout)
+			return &c.pair, nil
+		}, log, a.now)
+	} else if certs, err = tunnel.NewRenewingCerts(tunnel.RenewingCertsConfig{
+		Initial: &first.pair,
+		Issue: func(ctx context.Context) (*tls.Certificate, error) {
+			p, clt, err := loginClient()
 			if err != nil {
 				return nil, trace.Wrap(err)
 			}
@@ -143,8 +181,7 @@ func (a *app) proxyDB(ctx context.Context, opts proxyDBOptions) error {
 		},
 		Logger: log,
 		Clock:  a.now,
-	})
-	if err != nil {
+	}); err != nil {
 		return trace.Wrap(err)
 	}
 	// The pinned CA of the profile, not one from a response: it is what

@@ -108,7 +108,8 @@ func TestFlagErrors(t *testing.T) {
 	}{
 		{[]string{"login", "--user", "alice"}, "ERROR: missing --proxy HOST:PORT"},
 		{[]string{"login", "--proxy", "nohost", "--user", "alice"}, `ERROR: --proxy "nohost" is not HOST:PORT`},
-		{[]string{"login", "--proxy", "h:1", "--user", "alice", "--auth", "github"}, `ERROR: --auth "github": only local`},
+		{[]string{"login", "--proxy", "h:1", "--auth", "github", "--browser", "firefox"}, `ERROR: --browser "firefox": the only value is none`},
+		{[]string{"login", "--proxy", "h:1", "--auth", ""}, `ERROR: --auth: use local (password) or the name of an SSO connector`},
 		{[]string{"login", "--proxy", "h:1", "--user", "alice", "--ttl", "5s"}, "ERROR: --ttl 5s is too short"},
 		{[]string{"login", "--nope"}, `ERROR: unknown flag: --nope (see "sigil login --help")`},
 		{[]string{"signup"}, "ERROR: accepts 1 arg(s), received 0"},

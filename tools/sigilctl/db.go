@@ -119,8 +119,8 @@ func (e *env) authSignCommand() *cobra.Command {
 	var format, hosts, out string
 	var ttl time.Duration
 	sign := &cobra.Command{
-		Use:   "sign --format postgres|mysql --host H[,H2] --out DIR",
-		Short: "Write a server certificate and the DB CA so a database trusts Sigil",
+		Use:   "sign --format postgres|mysql|openssh --host H[,H2] --out DIR",
+		Short: "Write a server certificate and CA so a database or an OpenSSH node trusts Sigil",
 		Long: `Write server.crt, server.key and ca.crt (the DB CA) into DIR.
 
 PostgreSQL (postgresql.conf and pg_hba.conf):
@@ -133,12 +133,24 @@ PostgreSQL (postgresql.conf and pg_hba.conf):
 MySQL/MariaDB (my.cnf), then CREATE USER reader REQUIRE SUBJECT '/CN=reader':
   ssl_cert = DIR/server.crt
   ssl_key  = DIR/server.key
-  ssl_ca   = DIR/ca.crt`,
-		Example: "  sigilctl auth sign --format postgres --host localhost,127.0.0.1 --out /etc/postgresql/sigil",
-		Args:    cobra.NoArgs,
+  ssl_ca   = DIR/ca.crt
+
+OpenSSH (--format openssh; --host is the node name first, then the names and
+IPs the node is reached by): writes ssh_host_ed25519_key, its .pub and
+-cert.pub (a host certificate from Sigil's SSH host CA) and sigil_user_ca.pub.
+In sshd_config:
+  HostKey DIR/ssh_host_ed25519_key
+  HostCertificate DIR/ssh_host_ed25519_key-cert.pub
+  TrustedUserCAKeys DIR/sigil_user_ca.pub`,
+		Example: `  sigilctl auth sign --format postgres --host localhost,127.0.0.1 --out /etc/postgresql/sigil
+  sigilctl auth sign --format openssh --host node1,10.0.0.5 --out /etc/ssh/sigil`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if out == "" {
 				return trace.BadParameter("--out DIR is required")
+			}
+			if format == "openssh" {
+				return e.signOpenSSH(cmd.Context(), splitList(hosts), out, ttl)
 			}
 			clt, err := e.client()
 			if err != nil {
@@ -171,8 +183,8 @@ MySQL/MariaDB (my.cnf), then CREATE USER reader REQUIRE SUBJECT '/CN=reader':
 			return nil
 		},
 	}
-	sign.Flags().StringVar(&format, "format", "", "postgres or mysql (required)")
-	sign.Flags().StringVar(&hosts, "host", "", "comma-separated host names/IPs the gateway uses to reach the database (required)")
+	sign.Flags().StringVar(&format, "format", "", "postgres, mysql or openssh (required)")
+	sign.Flags().StringVar(&hosts, "host", "", "comma-separated host names/IPs the gateway uses to reach the server; for openssh the node name first (required)")
 	sign.Flags().StringVar(&out, "out", "", "directory to write the files to (required)")
 	sign.Flags().DurationVar(&ttl, "ttl", 365*24*time.Hour, "validity of the server certificate")
 	_ = sign.MarkFlagRequired("format")

@@ -67,8 +67,9 @@ uses your current "sigil login" profile, which must hold an admin role.`,
 	root.AddCommand(
 		e.resourceCommands()...,
 	)
-	root.AddCommand(e.usersCommand(), e.tokensCommand(), e.authCommand(), e.auditCommand(), e.dbCommand(), e.statusCommand(), e.versionCommand())
+	root.AddCommand(e.usersCommand(), e.tokensCommand(), e.authCommand(), e.auditCommand(), e.dbCommand(), e.nodesCommand(), e.statusCommand(), e.versionCommand())
 	root.AddCommand(e.lockCommands()...)
+	root.AddCommand(e.requestsCommand())
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintf(stderr, "ERROR: %s\n", cli.Message(err))
 		return 1

@@ -251,12 +251,29 @@ func printTable(w io.Writer, kind string, rs []types.Resource) error {
 		case *types.Database:
 			header = []string{"NAME", "PROTOCOL", "URI", "LABELS"}
 			rows = append(rows, []string{md.Name, v.Spec.Protocol, v.Spec.URI, cli.Labels(md.Labels)})
+		case *types.Node:
+			header = []string{"NAME", "ADDR", "LABELS", "DESCRIPTION"}
+			rows = append(rows, []string{md.Name, v.Spec.Addr, cli.Labels(md.Labels), md.Description})
 		case *types.Token:
 			header = []string{"TOKEN", "KIND", "NAME", "ROLES", "EXPIRES"}
 			rows = append(rows, []string{maskToken(md.Name), v.Spec.Kind, v.Spec.BotName, strings.Join(v.Spec.Roles, ","), expiresText(md)})
 		case *types.Lock:
 			header = []string{"ID", "TARGET", "MESSAGE", "CREATED BY", "EXPIRES"}
 			rows = append(rows, []string{md.Name, v.Spec.Target.String(), v.Spec.Message, v.Spec.CreatedBy, expiresText(md)})
+		case *types.OIDCConnector:
+			header = []string{"NAME", "ISSUER", "CLIENT ID", "DISPLAY NAME"}
+			rows = append(rows, []string{md.Name, v.Spec.IssuerURL, v.Spec.ClientID, v.Spec.DisplayName})
+		case *types.SAMLConnector:
+			header = []string{"NAME", "IDP METADATA", "ENTITY ID", "DISPLAY NAME"}
+			idp := v.Spec.IDPMetadataURL
+			if idp == "" {
+				idp = "(inline)"
+			}
+			entity := v.Spec.EntityID
+			if entity == "" {
+				entity = "(default)"
+			}
+			rows = append(rows, []string{md.Name, idp, entity, v.Spec.DisplayName})
 		default:
 			header = []string{"NAME", "LABELS", "DESCRIPTION"}
 			rows = append(rows, []string{md.Name, cli.Labels(md.Labels), md.Description})

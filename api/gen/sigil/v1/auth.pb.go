@@ -66,7 +66,10 @@ type ClusterInfoResponse struct {
 	Version  string `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`
 	// mysql_addr is the gateway's MySQL listener (MySQL clients speak second,
 	// so they cannot share the main port); empty when disabled.
-	MysqlAddr     string `protobuf:"bytes,4,opt,name=mysql_addr,json=mysqlAddr,proto3" json:"mysql_addr,omitempty"`
+	MysqlAddr string `protobuf:"bytes,4,opt,name=mysql_addr,json=mysqlAddr,proto3" json:"mysql_addr,omitempty"`
+	// second_factor is what a password login needs besides the password:
+	// off, otp, webauthn or on (either).
+	SecondFactor  string `protobuf:"bytes,5,opt,name=second_factor,json=secondFactor,proto3" json:"second_factor,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -125,6 +128,13 @@ func (x *ClusterInfoResponse) GetVersion() string {
 func (x *ClusterInfoResponse) GetMysqlAddr() string {
 	if x != nil {
 		return x.MysqlAddr
+	}
+	return ""
+}
+
+func (x *ClusterInfoResponse) GetSecondFactor() string {
+	if x != nil {
+		return x.SecondFactor
 	}
 	return ""
 }
@@ -235,9 +245,12 @@ type LoginRequest struct {
 	// ssh_public_key is an authorized_keys line to sign (optional).
 	SshPublicKey []byte `protobuf:"bytes,5,opt,name=ssh_public_key,json=sshPublicKey,proto3" json:"ssh_public_key,omitempty"`
 	// ttl_seconds asks for a shorter certificate; 0 means the default.
-	TtlSeconds    int64 `protobuf:"varint,6,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	TtlSeconds int64 `protobuf:"varint,6,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	// mfa_challenge_id is a login challenge (MFAService.CreateLoginChallenge)
+	// approved with a security key: the second factor when there is no otp.
+	MfaChallengeId string `protobuf:"bytes,7,opt,name=mfa_challenge_id,json=mfaChallengeId,proto3" json:"mfa_challenge_id,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *LoginRequest) Reset() {
@@ -310,6 +323,13 @@ func (x *LoginRequest) GetTtlSeconds() int64 {
 		return x.TtlSeconds
 	}
 	return 0
+}
+
+func (x *LoginRequest) GetMfaChallengeId() string {
+	if x != nil {
+		return x.MfaChallengeId
+	}
+	return ""
 }
 
 type LoginResponse struct {
@@ -604,19 +624,20 @@ var File_sigil_v1_auth_proto protoreflect.FileDescriptor
 const file_sigil_v1_auth_proto_rawDesc = "" +
 	"\n" +
 	"\x13sigil/v1/auth.proto\x12\bsigil.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17sigil/v1/identity.proto\"\x14\n" +
-	"\x12ClusterInfoRequest\"\x8f\x01\n" +
+	"\x12ClusterInfoRequest\"\xb4\x01\n" +
 	"\x13ClusterInfoResponse\x12!\n" +
 	"\fcluster_name\x18\x01 \x01(\tR\vclusterName\x12\x1c\n" +
 	"\n" +
 	"tls_ca_pem\x18\x02 \x01(\fR\btlsCaPem\x12\x18\n" +
 	"\aversion\x18\x03 \x01(\tR\aversion\x12\x1d\n" +
 	"\n" +
-	"mysql_addr\x18\x04 \x01(\tR\tmysqlAddr\"A\n" +
+	"mysql_addr\x18\x04 \x01(\tR\tmysqlAddr\x12#\n" +
+	"\rsecond_factor\x18\x05 \x01(\tR\fsecondFactor\"A\n" +
 	"\rSignupRequest\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1a\n" +
 	"\bpassword\x18\x02 \x01(\tR\bpassword\"$\n" +
 	"\x0eSignupResponse\x12\x12\n" +
-	"\x04user\x18\x01 \x01(\tR\x04user\"\xbd\x01\n" +
+	"\x04user\x18\x01 \x01(\tR\x04user\"\xe7\x01\n" +
 	"\fLoginRequest\x12\x12\n" +
 	"\x04user\x18\x01 \x01(\tR\x04user\x12\x1a\n" +
 	"\bpassword\x18\x02 \x01(\tR\bpassword\x12\x10\n" +
@@ -624,7 +645,8 @@ const file_sigil_v1_auth_proto_rawDesc = "" +
 	"\x0etls_public_key\x18\x04 \x01(\fR\ftlsPublicKey\x12$\n" +
 	"\x0essh_public_key\x18\x05 \x01(\fR\fsshPublicKey\x12\x1f\n" +
 	"\vttl_seconds\x18\x06 \x01(\x03R\n" +
-	"ttlSeconds\"\x90\x02\n" +
+	"ttlSeconds\x12(\n" +
+	"\x10mfa_challenge_id\x18\a \x01(\tR\x0emfaChallengeId\"\x90\x02\n" +
 	"\rLoginResponse\x12 \n" +
 	"\ftls_cert_pem\x18\x01 \x01(\fR\n" +
 	"tlsCertPem\x12\x19\n" +
