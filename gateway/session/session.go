@@ -245,7 +245,7 @@ func (m *Manager) Start(ctx context.Context, peerCerts []*x509.Certificate, clie
 func (m *Manager) emitDenied(ctx context.Context, id *certid.Identity, clientAddr, proto string, refusal error) {
 	ev := &audit.Event{
 		Type:       audit.EventDBDenied,
-		Identity:   AuditIdentity(id),
+		Identity:   audit.IdentityOf(id),
 		Resource:   &audit.Resource{Kind: types.KindDatabase, Name: id.Route.ResourceName, DbUser: id.Route.DBUser, DbName: id.Route.DBName},
 		ClientAddr: clientAddr,
 		Error:      Message(refusal),
@@ -318,7 +318,7 @@ func (m *Manager) authorize(ctx context.Context, id *certid.Identity, clientAddr
 		Started:    m.cfg.Clock(),
 		m:          m,
 		done:       make(chan struct{}),
-		auditID:    AuditIdentity(id),
+		auditID:    audit.IdentityOf(id),
 		auditRes:   &audit.Resource{Kind: types.KindDatabase, Name: db.Metadata.Name, DbUser: route.DBUser, DbName: dbName},
 		until:      until,
 	}
@@ -369,19 +369,6 @@ func (m *Manager) checkLocks(ctx context.Context, id *certid.Identity) error {
 		return &WhoError{Message: trace.UserMessage(err), Err: err}
 	default:
 		return trace.Wrap(err, "checking locks")
-	}
-}
-
-// AuditIdentity converts a certificate identity for audit events.
-func AuditIdentity(id *certid.Identity) *audit.Identity {
-	return &audit.Identity{
-		User:       id.Name,
-		Kind:       string(id.Kind),
-		Roles:      id.Roles,
-		OnBehalfOf: id.OnBehalfOf,
-		Requests:   id.AccessRequests,
-		MfaDevice:  id.MFADevice,
-		CertSerial: id.Serial,
 	}
 }
 

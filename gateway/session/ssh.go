@@ -115,7 +115,7 @@ func (m *Manager) authorizeSSH(ctx context.Context, id *certid.Identity, req SSH
 		endType:    audit.EventSSHSessionEnd,
 		m:          m,
 		done:       make(chan struct{}),
-		auditID:    AuditIdentity(id),
+		auditID:    audit.IdentityOf(id),
 		auditRes:   &audit.Resource{Kind: types.KindNode, Name: name, Login: req.Login},
 		until:      until,
 	}, nil
@@ -131,7 +131,7 @@ func (m *Manager) emitSSHDenied(ctx context.Context, id *certid.Identity, req SS
 	ev := &audit.Event{
 		Type:       audit.EventSSHSessionStart,
 		SessionId:  req.ID,
-		Identity:   AuditIdentity(id),
+		Identity:   audit.IdentityOf(id),
 		Resource:   &audit.Resource{Kind: types.KindNode, Name: name, Login: req.Login},
 		ClientAddr: req.ClientAddr,
 		Error:      Message(refusal),

@@ -41,7 +41,7 @@ func (s *Server) resourceChanged(ctx context.Context, id *certid.Identity, kind,
 	}
 	return s.emit(ctx, &audit.Event{
 		Type:     audit.EventResourceChanged,
-		Identity: auditIdentity(id),
+		Identity: audit.IdentityOf(id),
 		Resource: &audit.Resource{Kind: kind, Name: name},
 		Success:  true,
 		Details:  map[string]string{"action": action},
@@ -417,7 +417,7 @@ func (h *lockService) AddLock(ctx context.Context, req *connect.Request[sigilv1.
 	}
 	if err := s.emit(ctx, &audit.Event{
 		Type:     audit.EventLockCreated,
-		Identity: auditIdentity(id),
+		Identity: audit.IdentityOf(id),
 		Resource: &audit.Resource{Kind: types.KindLock, Name: lock.Metadata.Name},
 		Success:  true,
 		Details:  details,

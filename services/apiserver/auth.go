@@ -191,7 +191,7 @@ func (s *Server) issueLogin(ctx context.Context, g loginGrant) (*sigilv1.LoginRe
 	// Login succeeded only if the audit log says so: fail closed.
 	if err := s.emit(ctx, &audit.Event{
 		Type:       audit.EventUserLogin,
-		Identity:   auditIdentity(id),
+		Identity:   audit.IdentityOf(id),
 		ClientAddr: g.clientAddr,
 		Success:    true,
 		Details:    g.details,
@@ -203,7 +203,7 @@ func (s *Server) issueLogin(ctx context.Context, g loginGrant) (*sigilv1.LoginRe
 	}
 	if err := s.emit(ctx, &audit.Event{
 		Type:       audit.EventCertIssued,
-		Identity:   auditIdentity(id),
+		Identity:   audit.IdentityOf(id),
 		ClientAddr: g.clientAddr,
 		Success:    true,
 		Details:    map[string]string{"expires": id.Expires.UTC().Format(time.RFC3339), "ttl": ttl.String()},

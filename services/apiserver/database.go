@@ -139,7 +139,7 @@ func (s *Server) signDatabaseCert(ctx context.Context, id *certid.Identity, m *s
 	if mfa != nil {
 		if err := s.emit(ctx, &audit.Event{
 			Type:     audit.EventMFAVerified,
-			Identity: auditIdentity(&routed),
+			Identity: audit.IdentityOf(&routed),
 			Resource: &audit.Resource{Kind: types.KindDatabase, Name: db.Metadata.Name, DbUser: m.DbUser, DbName: m.DbName},
 			Success:  true,
 			Details:  map[string]string{"device_type": mfa.deviceType, "purpose": "session"},
@@ -149,7 +149,7 @@ func (s *Server) signDatabaseCert(ctx context.Context, id *certid.Identity, m *s
 	}
 	if err := s.emit(ctx, &audit.Event{
 		Type:     audit.EventCertIssued,
-		Identity: auditIdentity(&routed),
+		Identity: audit.IdentityOf(&routed),
 		Resource: &audit.Resource{Kind: types.KindDatabase, Name: db.Metadata.Name, DbUser: m.DbUser, DbName: m.DbName},
 		Success:  true,
 		Details:  map[string]string{"expires": routed.Expires.UTC().Format(time.RFC3339)},
@@ -204,7 +204,7 @@ func (h *databaseService) SignDatabaseServer(ctx context.Context, req *connect.R
 	}
 	if err := s.emit(ctx, &audit.Event{
 		Type:     audit.EventCertIssued,
-		Identity: auditIdentity(id),
+		Identity: audit.IdentityOf(id),
 		Resource: &audit.Resource{Kind: types.KindDatabase},
 		Success:  true,
 		Details:  map[string]string{"purpose": "database server", "format": m.Format},

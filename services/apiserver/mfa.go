@@ -255,7 +255,7 @@ func (h *mfaService) FinishMFARegistration(ctx context.Context, req *connect.Req
 func (s *Server) deviceChanged(ctx context.Context, id *certid.Identity, d *mfa.Device, action string) error {
 	return s.emit(ctx, &audit.Event{
 		Type:     audit.EventResourceChanged,
-		Identity: auditIdentity(id),
+		Identity: audit.IdentityOf(id),
 		Resource: &audit.Resource{Kind: "mfa_device", Name: d.Name},
 		Success:  true,
 		Details:  map[string]string{"action": action, "device_type": d.Type},
@@ -408,7 +408,7 @@ func (h *mfaService) CompleteDatabaseMFA(ctx context.Context, req *connect.Reque
 func (s *Server) mfaFailed(ctx context.Context, id *certid.Identity, m *sigilv1.CompleteDatabaseMFARequest, refusal error) {
 	_ = s.emit(ctx, &audit.Event{
 		Type:     audit.EventMFAVerified,
-		Identity: auditIdentity(id),
+		Identity: audit.IdentityOf(id),
 		Resource: &audit.Resource{Kind: types.KindDatabase, Name: m.Database, DbUser: m.DbUser, DbName: m.DbName},
 		Success:  false,
 		Error:    trace.UserMessage(refusal),

@@ -90,7 +90,7 @@ func (h *requestService) CreateAccessRequest(ctx context.Context, req *connect.R
 	}
 	if err := h.s.emit(ctx, &audit.Event{
 		Type:       audit.EventRequestCreated,
-		Identity:   auditIdentity(id),
+		Identity:   audit.IdentityOf(id),
 		ClientAddr: req.Peer().Addr,
 		Success:    true,
 		Details:    requestDetails(r),
@@ -190,7 +190,7 @@ func (h *requestService) ReviewAccessRequest(ctx context.Context, req *connect.R
 	details["reason"] = m.Reason
 	if err := h.s.emit(ctx, &audit.Event{
 		Type:       audit.EventRequestReviewed,
-		Identity:   auditIdentity(id),
+		Identity:   audit.IdentityOf(id),
 		ClientAddr: req.Peer().Addr,
 		Success:    true,
 		Details:    details,

@@ -264,21 +264,6 @@ func (s *Server) emit(ctx context.Context, ev *audit.Event) error {
 	return nil
 }
 
-func auditIdentity(id *certid.Identity) *audit.Identity {
-	if id == nil {
-		return &audit.Identity{}
-	}
-	return &audit.Identity{
-		User:       id.Name,
-		Kind:       string(id.Kind),
-		Roles:      id.Roles,
-		OnBehalfOf: id.OnBehalfOf,
-		Requests:   id.AccessRequests,
-		MfaDevice:  id.MFADevice,
-		CertSerial: id.Serial,
-	}
-}
-
 func peerAddr(addr string) string {
 	if host, _, err := net.SplitHostPort(addr); err == nil {
 		return host

@@ -119,7 +119,7 @@ func (h *sshService) GenerateSSHCert(ctx context.Context, req *connect.Request[s
 	}
 	if err := s.emit(ctx, &audit.Event{
 		Type:     audit.EventCertIssued,
-		Identity: auditIdentity(&issued),
+		Identity: audit.IdentityOf(&issued),
 		Success:  true,
 		Details:  map[string]string{"purpose": "ssh", "expires": issued.Expires.UTC().Format(time.RFC3339)},
 	}); err != nil {
@@ -173,7 +173,7 @@ func (h *sshService) SignSSHHost(ctx context.Context, req *connect.Request[sigil
 	}
 	if err := s.emit(ctx, &audit.Event{
 		Type:     audit.EventCertIssued,
-		Identity: auditIdentity(id),
+		Identity: audit.IdentityOf(id),
 		Resource: &audit.Resource{Kind: types.KindNode, Name: m.Hosts[0]},
 		Success:  true,
 		Details:  map[string]string{"purpose": "ssh host", "principals": strings.Join(cert.ValidPrincipals, ",")},
