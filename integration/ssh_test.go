@@ -412,6 +412,31 @@ func TestSSHGateway(t *testing.T) {
 		if st, err := os.Stat(filepath.Join(e.d.DataDir, "recordings", start.SessionId+".cast")); err != nil || st.Mode().Perm() != 0o600 {
 			t.Errorf("recording file: %v %v", st, err)
 		}
+		// The web console replays it too: the audit event links the
+		// player, which renders the cast in the browser.
+		chrome := testenv.StartChromium(t, e.readCA(), e.d.Addr)
+		tab := chrome.NewTab()
+		origin := consoleOrigin(e.d)
+		tab.Navigate(origin + "/web/")
+		tab.WaitFor(`document.getElementById('password')`, 30*time.Second)
+		tab.Run(`document.getElementById('user').value = 'alice';
+			document.getElementById('password').value = '` + alicePassword + `';
+			document.querySelector('form[action="/web/login"]').submit();`)
+		tab.WaitFor(`location.pathname === '/web/resources'`, 30*time.Second)
+		tab.Navigate(origin + "/web/audit?type=" + audit.EventSSHSessionEnd)
+		tab.WaitFor(`document.querySelector('a[href*="/web/audit"][href*="event="]') || document.body.innerText.includes('No event')`, 30*time.Second)
+		tab.Run(`document.querySelector('a[href*="event="]').click();`)
+		tab.WaitFor(`document.querySelector('a[href="/web/recordings/`+start.SessionId+`"]')`, 30*time.Second)
+		tab.Run(`document.querySelector('a[href="/web/recordings/` + start.SessionId + `"]').click();`)
+		tab.WaitFor(`document.querySelector('[data-player="screen"]') && document.querySelector('[data-player="screen"]').dataset.loaded`, 30*time.Second)
+		tab.Run(`document.querySelector('[data-player="speed"]').value = '16';
+			document.querySelector('[data-player="play"]').click();`)
+		tab.WaitFor(`document.querySelector('[data-player="screen"]').textContent.includes('hello-recording') &&
+			document.querySelector('[data-player="play"]').textContent === 'Play'`, 30*time.Second)
+		if screen, err := tab.Eval(`document.querySelector('[data-player="screen"]').textContent`); err != nil || !strings.Contains(screen, "xy") || strings.Contains(screen, "\x1b") {
+			t.Errorf("web replay screen (%v):\n%s", err, screen)
+		}
+
 		// Another user without a "recordings" rule may not replay it.
 		bob := e.addSSHUser("bob", "ssh-dev", sshLogin)
 		if r := e.sigil(bob, "", "play", start.SessionId); r.ExitCode == 0 || !strings.Contains(r.Stderr, "only your own sessions") {

@@ -117,7 +117,7 @@ type console struct {
 
 // pageFiles are the console pages; each is parsed with the layout and
 // the console chrome (navigation).
-var pageFiles = []string{"login", "signin_mfa", "resources", "devices", "register", "approve", "approvals", "audit", "sessions", "requests", "error", "sso_done"}
+var pageFiles = []string{"login", "signin_mfa", "resources", "devices", "register", "approve", "approvals", "audit", "sessions", "requests", "error", "sso_done", "recording"}
 
 func newConsole(cfg *ConsoleConfig) (*console, error) {
 	if err := cfg.CheckAndSetDefaults(); err != nil {
@@ -153,7 +153,8 @@ func templateFuncs() template.FuncMap {
 			}
 			return humanSince(time.Since(t))
 		},
-		"join": strings.Join,
+		"join":  strings.Join,
+		"split": strings.Split,
 		"upper": func(s string) string {
 			if s == "" {
 				return s
@@ -232,6 +233,8 @@ func (h *Handler) registerConsole() error {
 	h.mux.HandleFunc("POST /web/approvals/{ref}/verify", h.signedIn(h.verifyRef))
 	h.mux.HandleFunc("GET /web/audit", h.signedIn(h.auditPage))
 	h.mux.HandleFunc("GET /web/sessions", h.signedIn(h.sessionsPage))
+	h.mux.HandleFunc("GET /web/recordings/{id}", h.signedIn(h.recordingPage))
+	h.mux.HandleFunc("GET /web/recordings/{id}/cast", h.signedIn(h.recordingCast))
 	h.mux.HandleFunc("POST /web/sessions/terminate", h.signedIn(h.terminateSession))
 	h.mux.HandleFunc("GET /web/requests", h.signedIn(h.requestsPage))
 	h.mux.HandleFunc("POST /web/requests", h.signedIn(h.createRequest))
