@@ -224,6 +224,12 @@ audit:
     #   url: https://siem.example.com/ingest
     #   headers: {Authorization: "Bearer ..."}
     #   timeout: 10s
+    # Access-request notifications to Slack or a chat bridge: one
+    # {"text": ..., "event": ...} message per event of these types.
+    # - name: requests-slack
+    #   url: https://hooks.slack.com/services/T000/B000/XXXX
+    #   format: slack
+    #   event_types: [request.created, request.reviewed]
 
 log:
   level: info   # debug | info | warn | error
