@@ -18,11 +18,8 @@ import (
 	"testing"
 	"time"
 
-	"connectrpc.com/connect"
 	"github.com/go-sql-driver/mysql"
 
-	"github.com/sigilhq/sigil/api/client"
-	sigilv1 "github.com/sigilhq/sigil/api/gen/sigil/v1"
 	"github.com/sigilhq/sigil/audit"
 	"github.com/sigilhq/sigil/integration/testenv"
 )
@@ -82,34 +79,11 @@ type myCert struct {
 
 func (e *myEnv) cert(home, dbUser string, ttl time.Duration) myCert {
 	e.t.Helper()
-	prof, err := client.CurrentProfile(home)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	clt, err := client.NewFromIdentity(prof.Identity, 30*time.Second)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer clt.Close()
-	key, err := client.GenerateKey()
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	pub, err := client.MarshalPublicKeyDER(key)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	resp, err := clt.Databases.GenerateDatabaseCert(context.Background(), connect.NewRequest(&sigilv1.GenerateDatabaseCertRequest{
-		Database: "my1", DbUser: dbUser, DbName: "app", TlsPublicKey: pub, TtlSeconds: int64(ttl / time.Second),
-	}))
+	c, err := testenv.IssueDBCert(context.Background(), home, "my1", dbUser, "app", ttl)
 	if err != nil {
 		e.t.Fatalf("GenerateDatabaseCert: %v", err)
 	}
-	keyPEM, err := client.MarshalPrivateKeyPEM(key)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	return e.tlsCert(writeCertFiles(e.t, resp.Msg.TlsCertPem, keyPEM, resp.Msg.TlsCaPem))
+	return e.tlsCert(writeCertFiles(e.t, c.CertPEM, c.KeyPEM, c.CAPEM))
 }
 
 func (e *myEnv) tlsCert(c dbCert) myCert {

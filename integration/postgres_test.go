@@ -20,12 +20,10 @@ import (
 	"testing"
 	"time"
 
-	"connectrpc.com/connect"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/sigilhq/sigil/api/client"
-	sigilv1 "github.com/sigilhq/sigil/api/gen/sigil/v1"
 	"github.com/sigilhq/sigil/audit"
 	"github.com/sigilhq/sigil/integration/testenv"
 )
@@ -81,34 +79,11 @@ type dbCert struct{ cert, key, ca string }
 
 func (e *pgEnv) dbCert(home, dbUser string, ttl time.Duration) dbCert {
 	e.t.Helper()
-	prof, err := client.CurrentProfile(home)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	clt, err := client.NewFromIdentity(prof.Identity, 30*time.Second)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer clt.Close()
-	key, err := client.GenerateKey()
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	pub, err := client.MarshalPublicKeyDER(key)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	resp, err := clt.Databases.GenerateDatabaseCert(context.Background(), connect.NewRequest(&sigilv1.GenerateDatabaseCertRequest{
-		Database: "pg1", DbUser: dbUser, DbName: "app", TlsPublicKey: pub, TtlSeconds: int64(ttl / time.Second),
-	}))
+	c, err := testenv.IssueDBCert(context.Background(), home, "pg1", dbUser, "app", ttl)
 	if err != nil {
 		e.t.Fatalf("GenerateDatabaseCert: %v", err)
 	}
-	keyPEM, err := client.MarshalPrivateKeyPEM(key)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	return writeCertFiles(e.t, resp.Msg.TlsCertPem, keyPEM, resp.Msg.TlsCaPem)
+	return writeCertFiles(e.t, c.CertPEM, c.KeyPEM, c.CAPEM)
 }
 
 func writeCertFiles(t *testing.T, certPEM, keyPEM, caPEM []byte) dbCert {

@@ -536,23 +536,7 @@ func fileContains(path string, needle []byte) (bool, error) {
 // in home and returns the refusal.
 func (e *pgEnv) tryDBCert(home, dbUser string) error {
 	e.t.Helper()
-	prof := profileOf(e.t, home)
-	clt, err := client.NewFromIdentity(prof.Identity, 30*time.Second)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer clt.Close()
-	key, err := client.GenerateKey()
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	pub, err := client.MarshalPublicKeyDER(key)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	_, err = clt.Databases.GenerateDatabaseCert(context.Background(), connect.NewRequest(&sigilv1.GenerateDatabaseCertRequest{
-		Database: "pg1", DbUser: dbUser, DbName: "app", TlsPublicKey: pub,
-	}))
+	_, err := testenv.IssueDBCert(context.Background(), home, "pg1", dbUser, "app", 0)
 	return err
 }
 

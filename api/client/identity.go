@@ -168,17 +168,23 @@ func LoadIdentityDir(dir string) (*Identity, error) {
 }
 
 func readFileLimited(path string) ([]byte, error) {
+	return ReadFileLimited(path, maxIdentityFileSize)
+}
+
+// ReadFileLimited reads a small file (keys, certificates, profiles),
+// refusing one larger than limit bytes instead of reading it whole.
+func ReadFileLimited(path string, limit int64) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, maxIdentityFileSize+1))
+	data, err := io.ReadAll(io.LimitReader(f, limit+1))
 	if err != nil {
 		return nil, err
 	}
-	if len(data) > maxIdentityFileSize {
-		return nil, trace.LimitExceeded("%s is larger than the %d bytes allowed", path, maxIdentityFileSize)
+	if int64(len(data)) > limit {
+		return nil, trace.LimitExceeded("%s is larger than the %d bytes allowed", path, limit)
 	}
 	return data, nil
 }

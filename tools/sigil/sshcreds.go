@@ -8,7 +8,6 @@ import (
 	"crypto/rand"
 	"encoding/pem"
 	"errors"
-	"io"
 	"io/fs"
 	"net"
 	"os"
@@ -167,19 +166,7 @@ func loadOrCreateSSHKey(files sshFiles) (gossh.Signer, error) {
 }
 
 func readSmallFile(path string) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, maxSSHFile+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(data) > maxSSHFile {
-		return nil, trace.LimitExceeded("%s is larger than %d bytes", path, maxSSHFile)
-	}
-	return data, nil
+	return client.ReadFileLimited(path, maxSSHFile)
 }
 
 func loadSSHCreds(files sshFiles) (*sshCreds, error) {

@@ -21,10 +21,6 @@ import (
 	"sync"
 	"time"
 
-	"connectrpc.com/connect"
-
-	"github.com/sigilhq/sigil/api/client"
-	sigilv1 "github.com/sigilhq/sigil/api/gen/sigil/v1"
 	"github.com/sigilhq/sigil/audit"
 	"github.com/sigilhq/sigil/integration/testenv"
 )
@@ -101,34 +97,11 @@ func (s *Sigil) SignUp(user, password, roles string) string {
 // DBCert issues a routed database certificate for the user logged in at
 // home, as "sigil db login" does; all PEM.
 func (s *Sigil) DBCert(ctx context.Context, home, database, dbUser, dbName string) (certPEM, keyPEM, caPEM []byte) {
-	prof, err := client.CurrentProfile(home)
-	if err != nil {
-		s.H.Fatal(err)
-	}
-	clt, err := client.NewFromIdentity(prof.Identity, 30*time.Second)
-	if err != nil {
-		s.H.Fatal(err)
-	}
-	defer clt.Close()
-	key, err := client.GenerateKey()
-	if err != nil {
-		s.H.Fatal(err)
-	}
-	pub, err := client.MarshalPublicKeyDER(key)
-	if err != nil {
-		s.H.Fatal(err)
-	}
-	resp, err := clt.Databases.GenerateDatabaseCert(ctx, connect.NewRequest(&sigilv1.GenerateDatabaseCertRequest{
-		Database: database, DbUser: dbUser, DbName: dbName, TlsPublicKey: pub,
-	}))
+	c, err := testenv.IssueDBCert(ctx, home, database, dbUser, dbName, 0)
 	if err != nil {
 		s.H.Fatalf("GenerateDatabaseCert: %v", err)
 	}
-	keyPEM, err = client.MarshalPrivateKeyPEM(key)
-	if err != nil {
-		s.H.Fatal(err)
-	}
-	return resp.Msg.TlsCertPem, keyPEM, resp.Msg.TlsCaPem
+	return c.CertPEM, c.KeyPEM, c.CAPEM
 }
 
 // StartTunnel runs "sigil proxy db DATABASE --tunnel" until the harness
