@@ -31,6 +31,7 @@ func fullIdentity() *Identity {
 		Route:          Route{ResourceKind: "db", ResourceName: "orders", DBUser: "app", DBName: "shop", Login: ""},
 		MFADevice:      "yubikey-5",
 		ClientIP:       "2001:db8::1",
+		Generation:     42,
 	}
 }
 
@@ -270,6 +271,7 @@ func TestCheckAndSetDefaults(t *testing.T) {
 		{"empty role", Identity{Name: "a", Kind: KindHuman, Roles: []string{""}}, "empty entry"},
 		{"half route", Identity{Name: "a", Kind: KindHuman, Route: Route{DBUser: "x"}}, "resource_kind and resource_name"},
 		{"self on behalf", Identity{Name: "a", Kind: KindAgent, OnBehalfOf: "a"}, "itself"},
+		{"human generation", Identity{Name: "a", Kind: KindHuman, Generation: 3}, "only valid for bots and agents"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

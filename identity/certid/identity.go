@@ -55,6 +55,9 @@ type Identity struct {
 	Route          Route
 	MFADevice      string
 	ClientIP       string
+	// Generation counts a bot's or agent's certificate renewals (zero for
+	// humans); the bots service refuses a renewal from an older one.
+	Generation uint64
 
 	// Expires and Serial come from the certificate itself: they are filled
 	// on decode and by the CA when it signs, never encoded in the extension.
@@ -80,6 +83,9 @@ func (i *Identity) CheckAndSetDefaults() error {
 	}
 	if i.OnBehalfOf != "" && i.Kind != KindAgent {
 		return trace.BadParameter("on_behalf_of is only valid for agents, identity %q is a %s", i.Name, i.Kind)
+	}
+	if i.Generation != 0 && i.Kind == KindHuman {
+		return trace.BadParameter("generation is only valid for bots and agents, identity %q is a human", i.Name)
 	}
 	if i.OnBehalfOf == i.Name && i.Name != "" {
 		return trace.BadParameter("agent %q cannot act on behalf of itself", i.Name)

@@ -23,6 +23,7 @@ const (
 	SSHExtRoute          = "sigil-route@sigil"
 	SSHExtMFADevice      = "sigil-mfa-device@sigil"
 	SSHExtClientIP       = "sigil-client-ip@sigil"
+	SSHExtGeneration     = "sigil-generation@sigil"
 )
 
 // NoLoginPrincipal is the only principal of an SSH certificate for an
@@ -96,6 +97,9 @@ func (i *Identity) ToSSHCert(cert *ssh.Certificate) error {
 			return err
 		}
 	}
+	if i.Generation != 0 {
+		ext[SSHExtGeneration] = strconv.FormatUint(i.Generation, 10)
+	}
 	for key, val := range map[string]string{
 		SSHExtOnBehalfOf: i.OnBehalfOf,
 		SSHExtMFADevice:  i.MFADevice,
@@ -151,6 +155,11 @@ func FromSSHCert(cert *ssh.Certificate) (*Identity, error) {
 		MFADevice:  ext[SSHExtMFADevice],
 		ClientIP:   ext[SSHExtClientIP],
 		Serial:     strconv.FormatUint(cert.Serial, 10),
+	}
+	if g, ok := ext[SSHExtGeneration]; ok {
+		if id.Generation, err = strconv.ParseUint(g, 10, 64); err != nil {
+			return nil, trace.BadParameter("malformed %s in SSH certificate: %q", SSHExtGeneration, g)
+		}
 	}
 	getJSON := func(key string, v any) error {
 		raw, ok := ext[key]

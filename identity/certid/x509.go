@@ -103,6 +103,7 @@ func (i *Identity) ToProto() *sigilv1.Identity {
 		AccessRequests: i.AccessRequests,
 		MfaDevice:      i.MFADevice,
 		ClientIp:       i.ClientIP,
+		Generation:     i.Generation,
 	}
 	if len(i.Traits) > 0 {
 		p.Traits = make(map[string]*sigilv1.TraitValues, len(i.Traits))
@@ -151,6 +152,7 @@ func FromExtension(ext pkix.Extension) (*Identity, error) {
 		AccessRequests: cloneStrings(p.GetAccessRequests()),
 		MFADevice:      p.GetMfaDevice(),
 		ClientIP:       p.GetClientIp(),
+		Generation:     p.GetGeneration(),
 	}
 	if len(p.GetTraits()) > 0 {
 		id.Traits = make(map[string][]string, len(p.GetTraits()))

@@ -212,8 +212,11 @@ type Identity struct {
 	Route          *Route                  `protobuf:"bytes,8,opt,name=route,proto3" json:"route,omitempty"`
 	MfaDevice      string                  `protobuf:"bytes,9,opt,name=mfa_device,json=mfaDevice,proto3" json:"mfa_device,omitempty"`
 	ClientIp       string                  `protobuf:"bytes,10,opt,name=client_ip,json=clientIp,proto3" json:"client_ip,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// generation counts a bot's or agent's renewals: each renewal must
+	// present the latest one, so a copied identity shows itself.
+	Generation    uint64 `protobuf:"varint,11,opt,name=generation,proto3" json:"generation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Identity) Reset() {
@@ -316,6 +319,13 @@ func (x *Identity) GetClientIp() string {
 	return ""
 }
 
+func (x *Identity) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
 var File_sigil_v1_identity_proto protoreflect.FileDescriptor
 
 const file_sigil_v1_identity_proto_rawDesc = "" +
@@ -328,7 +338,7 @@ const file_sigil_v1_identity_proto_rawDesc = "" +
 	"\rresource_name\x18\x02 \x01(\tR\fresourceName\x12\x17\n" +
 	"\adb_user\x18\x03 \x01(\tR\x06dbUser\x12\x17\n" +
 	"\adb_name\x18\x04 \x01(\tR\x06dbName\x12\x14\n" +
-	"\x05login\x18\x05 \x01(\tR\x05login\"\xb2\x03\n" +
+	"\x05login\x18\x05 \x01(\tR\x05login\"\xd2\x03\n" +
 	"\bIdentity\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12*\n" +
@@ -342,7 +352,10 @@ const file_sigil_v1_identity_proto_rawDesc = "" +
 	"\n" +
 	"mfa_device\x18\t \x01(\tR\tmfaDevice\x12\x1b\n" +
 	"\tclient_ip\x18\n" +
-	" \x01(\tR\bclientIp\x1aP\n" +
+	" \x01(\tR\bclientIp\x12\x1e\n" +
+	"\n" +
+	"generation\x18\v \x01(\x04R\n" +
+	"generation\x1aP\n" +
 	"\vTraitsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12+\n" +
 	"\x05value\x18\x02 \x01(\v2\x15.sigil.v1.TraitValuesR\x05value:\x028\x01*v\n" +
