@@ -228,7 +228,9 @@ func (c *AccessChecker) CheckDatabase(db *types.Database, dbUser, dbName string)
 		if types.StatementsRank(hd.Statements) < types.StatementsRank(dec.Statements) {
 			dec.Statements = hd.Statements
 		}
-		dec.WriteApproval = dec.WriteApproval || hd.WriteApproval
+		// An agent cannot pass the person's per-session MFA; a human
+		// approval of each write stands in for it, so reads go on.
+		dec.WriteApproval = dec.WriteApproval || hd.WriteApproval || c.delegator.SessionMFARole() != ""
 	}
 	return dec, nil
 }
@@ -364,16 +366,15 @@ func (c *AccessChecker) MaxSessionTTL(def time.Duration) time.Duration {
 // RequireSessionMFA reports whether any role requires per-session MFA.
 func (c *AccessChecker) RequireSessionMFA() bool { return c.SessionMFARole() != "" }
 
-// SessionMFARole names a role that requires per-session MFA (of the
-// identity, or of the person an agent acts for), "" when none does.
+// SessionMFARole names a role of the identity that requires per-session
+// MFA, "" when none does. The person an agent acts for does not count
+// here: their MFA requirement turns into a write approval for the agent
+// (see CheckDatabase).
 func (c *AccessChecker) SessionMFARole() string {
 	for _, r := range c.roles {
 		if r.role.Spec.Options.RequireSessionMFA {
 			return r.role.Metadata.Name
 		}
-	}
-	if c.delegator != nil {
-		return c.delegator.SessionMFARole()
 	}
 	return ""
 }

@@ -256,8 +256,25 @@ func TestOnBehalfOf(t *testing.T) {
 	if got := agent.MaxSessionTTL(8 * time.Hour); got != 30*time.Minute {
 		t.Errorf("MaxSessionTTL = %v", got)
 	}
-	if !agent.RequireSessionMFA() {
-		t.Error("RequireSessionMFA = false")
+	// The person's per-session MFA becomes a write approval for the
+	// agent, which cannot pass an MFA check itself.
+	if agent.RequireSessionMFA() {
+		t.Error("RequireSessionMFA = true for an agent whose person needs MFA")
+	}
+	humanRW := mustRole(t, "human-rw", types.RoleSpec{
+		Options: types.RoleOptions{RequireSessionMFA: true},
+		Allow:   types.RoleConditions{Databases: &types.DatabaseConditions{Labels: all, DBUsers: []string{"alice"}, DBNames: []string{"*"}, Statements: "write"}},
+	})
+	human2, err := NewAccessChecker([]*types.Role{humanRW}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	agent2, err := NewAccessChecker([]*types.Role{agentRole}, nil, WithIdentityKind(types.IdentityKindAgent), WithOnBehalfOf("alice", human2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dec, err := agent2.CheckDatabase(db, "alice", "app"); err != nil || dec.Statements != "write" || !dec.WriteApproval {
+		t.Errorf("decision = %+v, %v; want write with write approval", dec, err)
 	}
 }
 
