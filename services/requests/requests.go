@@ -144,6 +144,9 @@ func (s *Service) Create(ctx context.Context, p CreateParams) (*Request, error) 
 	if p.Requester == nil || p.Checker == nil {
 		return nil, trace.BadParameter("requests: missing requester")
 	}
+	if p.Requester.Kind == certid.KindAgent {
+		return nil, trace.AccessDenied("AI agents cannot request access; the person they act for can")
+	}
 	roles, err := normaliseRoles(p.Roles)
 	if err != nil {
 		return nil, trace.Wrap(err)
@@ -264,6 +267,9 @@ type ReviewParams struct {
 func (s *Service) Review(ctx context.Context, p ReviewParams) (*Request, error) {
 	if p.Reviewer == nil || p.Checker == nil {
 		return nil, trace.BadParameter("requests: missing reviewer")
+	}
+	if p.Reviewer.Kind != certid.KindHuman {
+		return nil, trace.AccessDenied("only people review access requests; %q is a %s", p.Reviewer.Name, p.Reviewer.Kind)
 	}
 	if len(p.Reason) > MaxReasonLen {
 		return nil, trace.BadParameter("--reason: longer than %d characters", MaxReasonLen)
