@@ -27,6 +27,11 @@ type TokenSpec struct {
 	BotName    string   `json:"bot_name" yaml:"bot_name"`
 	Roles      []string `json:"roles" yaml:"roles"`
 	OnBehalfOf string   `json:"on_behalf_of,omitempty" yaml:"on_behalf_of,omitempty"`
+	// OnBehalfOfRoles and OnBehalfOfTraits record what a person who is not
+	// a local user (SSO) had when they made a token for their own agent:
+	// the bound on the agent's access, since such users are not stored.
+	OnBehalfOfRoles  []string            `json:"on_behalf_of_roles,omitempty" yaml:"on_behalf_of_roles,omitempty"`
+	OnBehalfOfTraits map[string][]string `json:"on_behalf_of_traits,omitempty" yaml:"on_behalf_of_traits,omitempty"`
 }
 
 // Expiry returns metadata.expires or the zero time.
@@ -68,6 +73,14 @@ func (t *Token) CheckAndSetDefaults() error {
 			return trace.BadParameter("spec.on_behalf_of: only agents act on behalf of a user")
 		}
 		if err := ValidateName("spec.on_behalf_of", t.Spec.OnBehalfOf); err != nil {
+			return trace.Wrap(err)
+		}
+	}
+	if t.Spec.OnBehalfOf == "" && (len(t.Spec.OnBehalfOfRoles) > 0 || len(t.Spec.OnBehalfOfTraits) > 0) {
+		return trace.BadParameter("spec.on_behalf_of_roles: only with spec.on_behalf_of")
+	}
+	for _, r := range t.Spec.OnBehalfOfRoles {
+		if err := ValidateName("spec.on_behalf_of_roles", r); err != nil {
 			return trace.Wrap(err)
 		}
 	}

@@ -147,6 +147,8 @@ type loginGrant struct {
 	clientAddr string
 	// details go into the user.login event (method, connector).
 	details map[string]string
+	// event is the type of the login event; user.login when empty.
+	event string
 }
 
 // issueLogin is where every login (password or SSO) ends: it checks locks
@@ -189,8 +191,12 @@ func (s *Server) issueLogin(ctx context.Context, g loginGrant) (*sigilv1.LoginRe
 	}
 	resp.Identity = id.ToProto()
 	// Login succeeded only if the audit log says so: fail closed.
+	event := g.event
+	if event == "" {
+		event = audit.EventUserLogin
+	}
 	if err := s.emit(ctx, &audit.Event{
-		Type:       audit.EventUserLogin,
+		Type:       event,
 		Identity:   audit.IdentityOf(id),
 		ClientAddr: g.clientAddr,
 		Success:    true,

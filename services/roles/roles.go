@@ -39,10 +39,10 @@ func Get(ctx context.Context, store *resources.Store, names []string) ([]*types.
 }
 
 // Checker builds the access checker for an identity's roles and traits.
-func Checker(ctx context.Context, store *resources.Store, roleNames []string, traits map[string][]string, kind string) (*policy.AccessChecker, error) {
+func Checker(ctx context.Context, store *resources.Store, roleNames []string, traits map[string][]string, kind string, opts ...policy.Option) (*policy.AccessChecker, error) {
 	rs, err := Get(ctx, store, roleNames)
 	if err != nil {
 		return nil, trace.Wrap(err)
 	}
-	return policy.NewAccessChecker(rs, traits, policy.WithIdentityKind(kind))
+	return policy.NewAccessChecker(rs, traits, append([]policy.Option{policy.WithIdentityKind(kind)}, opts...)...)
 }
