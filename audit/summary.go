@@ -30,6 +30,22 @@ func Summary(ev *Event) string {
 			s += ": " + r
 		}
 		return s
+	case EventApprovalCreated:
+		// Emitted by the gateway for the agent; the reviewer needs the id.
+		s := fmt.Sprintf("%s asks to run a write on database %s (approval %s)", who, firstOf(d["database"], ev.GetResource().GetName()), d["approval_id"])
+		if p := firstOf(d["on_behalf_of"], ev.GetIdentity().GetOnBehalfOf()); p != "" {
+			s += " for " + p
+		}
+		if st := ev.GetStatement(); st != "" {
+			s += ": " + truncate(strings.Join(strings.Fields(st), " "), 200)
+		}
+		return s + fmt.Sprintf("; review with \"sigil approval review %s --approve\" or --deny", d["approval_id"])
+	case EventApprovalReviewed:
+		s := fmt.Sprintf("%s %s the write %s asked to run on database %s (approval %s)", who, d["decision"], d["agent"], d["database"], d["approval_id"])
+		if r := d["reason"]; r != "" {
+			s += ": " + r
+		}
+		return s
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s: %s", ev.GetType(), who)
@@ -44,4 +60,13 @@ func Summary(ev *Event) string {
 		b.WriteString(")")
 	}
 	return b.String()
+}
+
+func firstOf(vals ...string) string {
+	for _, v := range vals {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
 }

@@ -34,10 +34,16 @@ const RuleResourceAudit = "audit"
 // it a caller replays only their own.
 const RuleResourceRecordings = "recordings"
 
+// RuleResourceApprovals names agents' write approvals in role rules:
+// "update" on "approvals" lets a role review every agent's writes, "list"
+// lets it see them; without it a person reviews only the writes of agents
+// acting on their behalf.
+const RuleResourceApprovals = "approvals"
+
 // RuleResources lists what role rules may name: every resource kind, the
-// audit log and session recordings.
+// audit log, session recordings and write approvals.
 func RuleResources() []string {
-	return append(Kinds(), RuleResourceAudit, RuleResourceRecordings)
+	return append(Kinds(), RuleResourceAudit, RuleResourceRecordings, RuleResourceApprovals)
 }
 
 // StatementsRank orders statement classes: read 1, write 2, admin 3, anything else 0.
@@ -227,7 +233,7 @@ func (c *RoleConditions) check(p string, deny bool) error {
 			return trace.BadParameter("%s.verbs: needs at least one verb or \"*\"", rp)
 		}
 		for _, res := range rule.Resources {
-			if res != Wildcard && res != RuleResourceAudit && res != RuleResourceRecordings && !IsKnownKind(res) {
+			if res != Wildcard && res != RuleResourceAudit && res != RuleResourceRecordings && res != RuleResourceApprovals && !IsKnownKind(res) {
 				return trace.BadParameter("%s.resources: %q is not one of %s, *", rp, truncate(res, 40), strings.Join(RuleResources(), ", "))
 			}
 		}

@@ -60,7 +60,8 @@ func (t Target) String() string {
 	case TargetDevice:
 		return "adding an MFA device"
 	case TargetReview:
-		return "reviewing access request " + t.Request
+		// Access requests and agents' write approvals share this target.
+		return "reviewing request " + t.Request
 	}
 	return t.Kind
 }
