@@ -62,6 +62,8 @@ type Client struct {
 	SSH       sigilv1connect.SSHServiceClient
 	SSO       sigilv1connect.SSOServiceClient
 	Requests  sigilv1connect.RequestServiceClient
+	Approvals sigilv1connect.ApprovalServiceClient
+	Join      sigilv1connect.JoinServiceClient
 
 	// HTTPClient is exposed so callers can close idle connections.
 	HTTPClient *http.Client
@@ -106,6 +108,8 @@ func New(cfg Config) (*Client, error) {
 		SSH:        sigilv1connect.NewSSHServiceClient(httpClient, baseURL),
 		SSO:        sigilv1connect.NewSSOServiceClient(httpClient, baseURL),
 		Requests:   sigilv1connect.NewRequestServiceClient(httpClient, baseURL),
+		Approvals:  sigilv1connect.NewApprovalServiceClient(httpClient, baseURL),
+		Join:       sigilv1connect.NewJoinServiceClient(httpClient, baseURL),
 		HTTPClient: httpClient,
 		BaseURL:    baseURL,
 	}, nil

@@ -16,6 +16,11 @@
 // protocol is request/response), which is what lets the engine answer a
 // refused command with an ERR packet of its own.
 //
+// Under a role with write_approval, a write runs only with a human
+// approval of that exact statement (see approval.go): a COM_QUERY is
+// decided over its whole text, a prepared statement at each
+// COM_STMT_EXECUTE over its text and bound values.
+//
 // Connection ids: the handshake carries a gateway connection id (from
 // 2^30 up, so it never collides with the small thread ids servers hand
 // out). "KILL [QUERY|CONNECTION] n" is allowed whatever the statements

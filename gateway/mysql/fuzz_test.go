@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net"
 	"testing"
@@ -25,7 +26,7 @@ func (discardConn) SetDeadline(time.Time) error      { return nil }
 func (discardConn) SetReadDeadline(time.Time) error  { return nil }
 func (discardConn) SetWriteDeadline(time.Time) error { return nil }
 
-func fuzzRelay(data []byte) *relay {
+func fuzzRelay(data []byte, writeApproval bool) *relay {
 	cfg := relayConfig{
 		policy:      sqlpolicy.Grant{Statements: "read", Role: "r"},
 		classify:    testClassify,
@@ -33,6 +34,16 @@ func fuzzRelay(data []byte) *relay {
 		emit:        func(*audit.Event) {},
 		checkDBName: func(context.Context, string) error { return nil },
 		findKill:    func(id uint64) *killEntry { return &killEntry{threadID: uint32(id)} },
+	}
+	if writeApproval {
+		cfg.policy = sqlpolicy.Grant{Statements: "admin", Role: "r", WriteApproval: true}
+		cfg.awaitTimeout = time.Millisecond
+		cfg.approve = func(_ context.Context, _, fp, _ string) (string, string, error) {
+			if fp[0] < '8' {
+				return "a", "b", nil
+			}
+			return "", "", errors.New("pending")
+		}
 	}
 	return newRelay(cfg, bufio.NewReaderSize(bytes.NewReader(data), clientBufferSize), discardConn{}, discardConn{})
 }
@@ -50,12 +61,15 @@ func FuzzClientPackets(f *testing.F) {
 	f.Add(appendPacket(nil, 0, []byte{comProcessKill, 1}), []byte{})
 	f.Add([]byte{0xff, 0xff, 0xff, 0, comQuery}, []byte{})
 	f.Fuzz(func(t *testing.T, client, server []byte) {
-		r := fuzzRelay(client)
-		r.expect = []expectation{{kind: expectPrepare}, {kind: expectSwallow}}
-		_ = r.tap(server)
-		_ = r.clientLoop(context.Background())
-		_ = r.tap(server)
+		for _, writeApproval := range []bool{false, true} {
+			r := fuzzRelay(client, writeApproval)
+			r.expect = []expectation{{kind: expectPrepare, approval: writeApproval, sql: "insert ?"}, {kind: expectSwallow}}
+			_ = r.tap(server)
+			_ = r.clientLoop(context.Background())
+			_ = r.tap(server)
+		}
 		st := &stmt{numParams: 3}
+		_, _, _ = executeValues(client, st)
 		_ = decodeExecuteParams(client, st, len(client))
 		_, _ = parseHandshakeResponse(client)
 		_, _ = parseServerHandshake(server)

@@ -59,6 +59,16 @@ type relayConfig struct {
 	// done is closed when the session must end; doneErr says why.
 	done    <-chan struct{}
 	doneErr func() error
+	// approve asks for a human approval of a write (see
+	// session.Session.ApproveWrite); used when policy.WriteApproval.
+	approve session.Approver
+	// awaitTimeout bounds how long an execution under write approval
+	// waits for the server to answer the prepares before it; default
+	// defaultAwaitTimeout.
+	awaitTimeout time.Duration
+	// deprecateEOF is the client's CLIENT_DEPRECATE_EOF (the server
+	// follows it): no EOF packets after column definitions.
+	deprecateEOF bool
 }
 
 // stmt is a prepared statement the tap saw the server accept.
@@ -68,6 +78,12 @@ type stmt struct {
 	numParams int
 	// types are the parameter types last bound (2 bytes each).
 	types []byte
+	// Under WriteApproval: sql is the exact text, for the fingerprint;
+	// approval says each execution needs a human approval; longData that
+	// COM_STMT_SEND_LONG_DATA sent parameters since the last execution.
+	sql      string
+	approval bool
+	longData bool
 }
 
 type expectKind int
@@ -85,6 +101,9 @@ type expectation struct {
 	kind expectKind
 	text string
 	res  sqlpolicy.Result
+	// sql and approval are kept under WriteApproval (see stmt).
+	sql      string
+	approval bool
 }
 
 // relay moves one session's packets between client and server.
@@ -125,17 +144,41 @@ type relay struct {
 	bytesIn    atomic.Int64
 	bytesOut   atomic.Int64
 	statements atomic.Int64
+
+	// approvals is policy.WriteApproval. Then pendingPrepares counts the
+	// COM_STMT_PREPAREs the server has not answered, answered is
+	// signalled at each answer and serverGone closed when the server loop
+	// ends (see awaitPrepares). prepareRest, owned by the server
+	// goroutine, counts the packets of a prepare response still to come.
+	approvals       bool
+	pendingPrepares atomic.Int32
+	prepareRest     int
+	answered        chan struct{}
+	serverGone      chan struct{}
 }
 
 func newRelay(cfg relayConfig, cr *bufio.Reader, up, client net.Conn) *relay {
+	if cfg.approve == nil {
+		cfg.approve = session.NoApprovals(cfg.policy.Role)
+	}
+	if cfg.awaitTimeout == 0 {
+		cfg.awaitTimeout = defaultAwaitTimeout
+	}
+	var answered, serverGone chan struct{}
+	if cfg.policy.WriteApproval {
+		answered, serverGone = make(chan struct{}, 1), make(chan struct{})
+	}
 	return &relay{
-		cfg:    cfg,
-		cr:     cr,
-		up:     up,
-		uw:     bufio.NewWriterSize(up, 32<<10),
-		client: client,
-		cw:     bufio.NewWriterSize(client, 16<<10),
-		stmts:  make(map[uint32]*stmt),
+		approvals:  cfg.policy.WriteApproval,
+		answered:   answered,
+		serverGone: serverGone,
+		cfg:        cfg,
+		cr:         cr,
+		up:         up,
+		uw:         bufio.NewWriterSize(up, 32<<10),
+		client:     client,
+		cw:         bufio.NewWriterSize(client, 16<<10),
+		stmts:      make(map[uint32]*stmt),
 	}
 }
 
@@ -287,11 +330,20 @@ func (r *relay) command(ctx context.Context, hdr [4]byte, n int) error {
 			return r.forward(hdr, body, false)
 		}
 	case comStmtExecute:
+		if r.approvals {
+			return r.executeApproval(ctx, hdr, n)
+		}
 		return r.execute(hdr, n)
 	case comStmtSendLongData:
+		if r.approvals {
+			r.markLongData(n, true)
+		}
 		// No response from the server.
 		return r.stream(hdr, n)
 	case comStmtReset, comPing, comStatistics, comSetOption, comStmtFetch, comFieldList, comProcessInfo:
+		if cmd == comStmtReset && r.approvals {
+			r.markLongData(n, false)
+		}
 		r.nextSeq.Store(1)
 		return r.stream(hdr, n)
 	case comQuit:
@@ -319,6 +371,15 @@ func (r *relay) command(ctx context.Context, hdr [4]byte, n int) error {
 			if err != nil {
 				return err
 			}
+			r.deny("", res, msg, commandName(cmd))
+			return r.refuse(last+1, erTableAccessDenied, stateSyntaxOrAccess, msg)
+		}
+		if r.cfg.policy.NeedsApproval(res) {
+			last, err := r.discard(n)
+			if err != nil {
+				return err
+			}
+			msg := fmt.Sprintf("sigil: statement refused: %s is an admin command and role %q requires a human approval for each write, which cannot be given for this command; use the SQL statement instead", commandName(cmd), r.cfg.policy.Role)
 			r.deny("", res, msg, commandName(cmd))
 			return r.refuse(last+1, erTableAccessDenied, stateSyntaxOrAccess, msg)
 		}
@@ -497,6 +558,14 @@ func (r *relay) query(ctx context.Context, hdr [4]byte, body []byte) error {
 		r.deny(text, res, msg, "query")
 		return r.refuse(1, erTableAccessDenied, stateSyntaxOrAccess, msg)
 	}
+	details := map[string]string{"protocol": "query"}
+	if r.cfg.policy.NeedsApproval(res) {
+		var refusal, id string
+		if details, refusal, id = r.approveQuery(ctx, text, res); refusal != "" {
+			r.denyApproval(text, res, refusal, "query", id)
+			return r.refuse(1, erTableAccessDenied, stateSyntaxOrAccess, refusal)
+		}
+	}
 	if err := r.forward(hdr, body, true); err != nil {
 		return err
 	}
@@ -506,7 +575,7 @@ func (r *relay) query(ctx context.Context, hdr [4]byte, body []byte) error {
 		Success:        true,
 		Statement:      strings.ToValidUTF8(text, "\uFFFD"),
 		Classification: string(res.Class),
-		Details:        map[string]string{"protocol": "query"},
+		Details:        details,
 	})
 	return nil
 }
@@ -568,8 +637,15 @@ func (r *relay) prepare(ctx context.Context, hdr [4]byte, body []byte) error {
 		r.deny(text, res, msg, "prepare")
 		return r.refuse(1, erTableAccessDenied, stateSyntaxOrAccess, msg)
 	}
+	e := expectation{kind: expectPrepare, text: strings.ToValidUTF8(text, "\uFFFD"), res: res}
+	if r.approvals {
+		if e.approval = r.cfg.policy.NeedsApproval(res); e.approval {
+			e.sql = text
+		}
+		r.pendingPrepares.Add(1)
+	}
 	r.expectMu.Lock()
-	r.expect = append(r.expect, expectation{kind: expectPrepare, text: strings.ToValidUTF8(text, "\uFFFD"), res: res})
+	r.expect = append(r.expect, e)
 	r.expectMu.Unlock()
 	return r.forward(hdr, body, true)
 }
@@ -629,6 +705,9 @@ func (r *relay) resetConnection(hdr [4]byte, n int) error {
 // serverLoop copies server bytes to the client, following packet
 // boundaries on the side.
 func (r *relay) serverLoop(up io.Reader) error {
+	if r.serverGone != nil {
+		defer close(r.serverGone)
+	}
 	buf := make([]byte, serverChunk)
 	for {
 		n, err := up.Read(buf)
@@ -723,6 +802,11 @@ func (r *relay) popExpect() *expectation {
 // endPacket finishes a packet's expectation once its payload is read.
 func (r *relay) endPacket() error {
 	r.inBody = false
+	if r.prepareRest > 0 && !r.cont {
+		if r.prepareRest--; r.prepareRest == 0 {
+			r.prepareAnswered()
+		}
+	}
 	if r.cont || r.cur == nil {
 		return nil
 	}
@@ -730,11 +814,16 @@ func (r *relay) endPacket() error {
 	r.cur = nil
 	switch e.kind {
 	case expectPrepare:
+		if r.approvals {
+			// Answered once the whole response went by, so that a
+			// refusal waiting for it is not written in its middle.
+			defer r.prepareResponse()
+		}
 		if len(r.capBuf) < prepareOKLen || r.capBuf[0] != 0x00 {
 			return nil
 		}
 		id := binary.LittleEndian.Uint32(r.capBuf[1:])
-		st := &stmt{text: e.text, res: e.res, numParams: int(binary.LittleEndian.Uint16(r.capBuf[7:]))}
+		st := &stmt{text: e.text, res: e.res, numParams: int(binary.LittleEndian.Uint16(r.capBuf[7:])), sql: e.sql, approval: e.approval}
 		r.stmtMu.Lock()
 		if _, ok := r.stmts[id]; ok || len(r.stmts) < maxTracked {
 			r.stmts[id] = st

@@ -375,6 +375,9 @@ func (s *Server) serveSession(ctx context.Context, sess *session.Session, c *cli
 		},
 		done:    sess.Done(),
 		doneErr: sess.Err,
+		approve: sess.ApproveWrite,
+		// The upstream connection has the client's format capabilities.
+		deprecateEOF: req.caps&capDeprecateEOF != 0,
 	}, c.r, up.conn, c.conn)
 	return r.run(ctx, up.r)
 }

@@ -9,4 +9,9 @@
 // frames are copied in large chunks; a side tap follows only the frame
 // boundaries so that refusals are inserted between whole messages, in the
 // order the client expects them.
+//
+// Under a role with write_approval, a write runs only with a human
+// approval of that exact statement (see approval.go): a simple Query is
+// decided as it arrives, an extended-protocol statement at each Bind, over
+// its text and bound parameters, and the approved portal may run once.
 package postgres

@@ -4,8 +4,10 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
@@ -52,12 +54,25 @@ func FuzzClientMessages(f *testing.F) {
 	f.Add(encodeFrontend(f, &pgproto3.Parse{Query: "write"}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{}, &pgproto3.Terminate{}))
 	f.Add(encodeFrontend(f, &pgproto3.CopyData{Data: []byte("1\tx\n")}, &pgproto3.CopyDone{}, &pgproto3.FunctionCall{Function: 1}))
 	f.Add([]byte{'B', 0, 0, 0, 12, 0, 0, 0xff, 0xff, 0, 1, 0x80, 0})
+	approve := func(_ context.Context, _, fp, _ string) (string, string, error) {
+		if fp[0] < '8' {
+			return "a", "b", nil
+		}
+		return "", "", errors.New("pending")
+	}
 	f.Fuzz(func(t *testing.T, in []byte) {
-		for _, granted := range []string{"admin", "read"} {
+		for _, granted := range []string{"admin", "read", "approval"} {
 			var up bytes.Buffer
+			grant := sqlpolicy.Grant{Statements: granted, Role: "r"}
+			if granted == "approval" {
+				// Refusals and approvals alike must never panic.
+				grant = sqlpolicy.Grant{Statements: "admin", Role: "r", WriteApproval: true}
+			}
 			r := newRelay(relayConfig{
-				policy:   sqlpolicy.Grant{Statements: granted, Role: "r"},
-				classify: stubClassify,
+				policy:       grant,
+				approve:      approve,
+				awaitTimeout: time.Millisecond,
+				classify:     stubClassify,
 				emit: func(ev *audit.Event) {
 					for _, p := range ev.Parameters {
 						if len(p) > maxAuditParamBytes {
@@ -85,7 +100,7 @@ func FuzzServerStream(f *testing.F) {
 	f.Add([]byte{'Z', 0, 0, 0, 5, 'I', 'C', 0, 0, 0, 4}, uint8(3))
 	f.Fuzz(func(t *testing.T, in []byte, chunk uint8) {
 		var out bytes.Buffer
-		r := newRelay(relayConfig{}, nil, nil, &out)
+		r := newRelay(relayConfig{policy: sqlpolicy.Grant{WriteApproval: chunk%2 == 0}}, nil, nil, &out)
 		size := int(chunk) + 1
 		for i := 0; i < len(in); i += size {
 			if err := r.writeServer(in[i:min(i+size, len(in))]); err != nil {

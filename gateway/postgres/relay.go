@@ -11,11 +11,13 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 	"unicode/utf8"
 
 	"github.com/gravitational/trace"
 
 	"github.com/sigilhq/sigil/audit"
+	"github.com/sigilhq/sigil/gateway/session"
 	"github.com/sigilhq/sigil/gateway/sqlpolicy"
 )
 
@@ -45,16 +47,28 @@ type relayConfig struct {
 	// It is called from the client goroutine, after the statements are
 	// flushed upstream, and must not block on storage for db.query.
 	emit func(*audit.Event)
+	// approve asks for a human approval of a write (see
+	// session.Session.ApproveWrite); used when policy.WriteApproval.
+	approve session.Approver
+	// awaitTimeout bounds how long a Bind under write approval waits for
+	// the server to answer the batch that prepared its statement;
+	// default defaultAwaitTimeout.
+	awaitTimeout time.Duration
 }
 
 type prepared struct {
 	text string
 	res  sqlpolicy.Result
+	// track is set only under WriteApproval (see approval.go).
+	track *tracking
 }
 
 type portal struct {
 	stmt   *prepared
 	params []string
+	// appr is set only under WriteApproval, for a portal whose statement
+	// needed an approval (see approval.go).
+	appr *portalApproval
 }
 
 // injection is an ErrorResponse to write to the client just before the
@@ -83,6 +97,9 @@ type relay struct {
 	// Details of db.query events, one map per protocol for the whole
 	// connection instead of one per query.
 	simpleDetails, extendedDetails, fastPathDetails map[string]string
+	// approvals is policy.WriteApproval: writes wait for a human approval
+	// and prepared statements are tracked with their history.
+	approvals bool
 
 	// Server → client.
 	cw         io.Writer
@@ -93,6 +110,15 @@ type relay struct {
 	remaining  int
 	rfqSeen    uint64
 	inject     []injection
+	// Under WriteApproval: the Parse and Close entries whose batch the
+	// server has not answered yet, and whether it sent an ErrorResponse
+	// since its last ReadyForQuery.
+	inflight []*prepared
+	batchErr bool
+	// answered is signalled at each settle; serverGone is closed when the
+	// server loop ends. Both exist only under WriteApproval.
+	answered   chan struct{}
+	serverGone chan struct{}
 
 	bytesIn    atomic.Int64
 	bytesOut   atomic.Int64
@@ -100,7 +126,20 @@ type relay struct {
 }
 
 func newRelay(cfg relayConfig, cr *bufio.Reader, uw *bufio.Writer, cw io.Writer) *relay {
+	if cfg.approve == nil {
+		cfg.approve = session.NoApprovals(cfg.policy.Role)
+	}
+	if cfg.awaitTimeout == 0 {
+		cfg.awaitTimeout = defaultAwaitTimeout
+	}
+	var answered, serverGone chan struct{}
+	if cfg.policy.WriteApproval {
+		answered, serverGone = make(chan struct{}, 1), make(chan struct{})
+	}
 	return &relay{
+		answered:        answered,
+		serverGone:      serverGone,
+		approvals:       cfg.policy.WriteApproval,
 		cfg:             cfg,
 		cr:              cr,
 		uw:              uw,
@@ -289,6 +328,9 @@ func (r *relay) handle(ctx context.Context, typ byte, hdr []byte, n int) error {
 			// Only a Bind with huge parameters gets here; it is relayed
 			// without its parameters being recorded.
 			if typ == 'B' {
+				if r.approvals {
+					return r.bindUnrecordedApproval(ctx, hdr, n)
+				}
 				r.bindUnrecorded(n)
 			}
 			return r.stream(hdr, n, false)
@@ -299,8 +341,17 @@ func (r *relay) handle(ctx context.Context, typ byte, hdr []byte, n int) error {
 		}
 		switch typ {
 		case 'B':
+			if r.approvals {
+				if refused := r.bindApproval(ctx, body); refused {
+					return nil
+				}
+				break
+			}
 			r.bind(body)
 		case 'E':
+			if r.approvals && r.executeRefused(ctx, body) {
+				return nil
+			}
 			r.execute(ctx, body)
 		case 'C':
 			r.close(body)
@@ -309,6 +360,14 @@ func (r *relay) handle(ctx context.Context, typ byte, hdr []byte, n int) error {
 	case 'F': // FunctionCall: calls any function by OID, unclassifiable.
 		res := sqlpolicy.Result{Class: sqlpolicy.ClassUnknown, Reason: "a fast-path function call"}
 		if msg, ok := r.cfg.policy.Refusal(res); !ok {
+			if _, err := r.cr.Discard(n); err != nil {
+				return trace.Wrap(err)
+			}
+			r.deny(ctx, "", res, msg, "function_call")
+			return r.simpleDenial(msg)
+		}
+		if r.cfg.policy.NeedsApproval(res) {
+			msg := fmt.Sprintf("sigil: statement refused: a fast-path function call cannot be classified and role %q requires a human approval for each write, which cannot be given for a fast-path call; run the function with SELECT", r.cfg.policy.Role)
 			if _, err := r.cr.Discard(n); err != nil {
 				return trace.Wrap(err)
 			}
@@ -364,6 +423,14 @@ func (r *relay) query(ctx context.Context, hdr, body []byte) error {
 		r.deny(ctx, text, res, msg, "simple")
 		return r.simpleDenial(msg)
 	}
+	details := r.simpleDetails
+	if r.cfg.policy.NeedsApproval(res) {
+		var refused bool
+		var err error
+		if details, refused, err = r.queryApproval(ctx, text, res); refused {
+			return err
+		}
+	}
 	if err := r.forward(hdr, body); err != nil {
 		return err
 	}
@@ -374,7 +441,7 @@ func (r *relay) query(ctx context.Context, hdr, body []byte) error {
 		Success:        true,
 		Statement:      validUTF8(text),
 		Classification: string(res.Class),
-		Details:        r.simpleDetails,
+		Details:        details,
 	})
 	return nil
 }
@@ -384,7 +451,7 @@ func (r *relay) parse(ctx context.Context, hdr, body []byte) error {
 	if err != nil {
 		return &clientError{code: codeProtocolViolation, msg: "sigil: malformed Parse message"}
 	}
-	text, _, err := cstring(rest)
+	text, rest, err := cstring(rest)
 	if err != nil {
 		return &clientError{code: codeProtocolViolation, msg: "sigil: malformed Parse message"}
 	}
@@ -394,6 +461,9 @@ func (r *relay) parse(ctx context.Context, hdr, body []byte) error {
 		r.discarding = true
 		r.denial = errorResponse("ERROR", codeInsufficientPriv, msg)
 		return nil
+	}
+	if r.approvals {
+		return r.parseTracked(ctx, hdr, body, name, text, rest, res)
 	}
 	if _, ok := r.stmts[name]; ok || len(r.stmts) < maxTracked {
 		r.stmts[name] = &prepared{text: validUTF8(text), res: res}
@@ -519,6 +589,9 @@ func (r *relay) execute(ctx context.Context, body []byte) {
 	r.statements.Add(1)
 	ev := &audit.Event{Type: audit.EventDBQuery, Success: true, Details: r.extendedDetails}
 	if p := r.portals[name]; p != nil {
+		if p.appr != nil {
+			ev.Details = p.appr.details
+		}
 		ev.Parameters = p.params
 		if p.stmt != nil {
 			ev.Statement = p.stmt.text
@@ -539,10 +612,12 @@ func (r *relay) close(body []byte) {
 	if err != nil {
 		return
 	}
-	switch body[0] {
-	case 'S':
+	switch {
+	case body[0] == 'S' && r.approvals:
+		r.closeTracked(name)
+	case body[0] == 'S':
 		delete(r.stmts, name)
-	case 'P':
+	case body[0] == 'P':
 		delete(r.portals, name)
 	}
 }
@@ -561,6 +636,9 @@ func (r *relay) writeServer(b []byte) error {
 			r.remaining -= k
 			continue
 		}
+		if r.hdrN == 0 && b[i] == 'E' && r.approvals {
+			r.batchErr = true
+		}
 		if r.hdrN == 0 && b[i] == 'Z' {
 			next := r.rfqSeen + 1
 			for len(r.inject) > 0 && r.inject[0].before <= next {
@@ -574,6 +652,9 @@ func (r *relay) writeServer(b []byte) error {
 				r.inject = r.inject[1:]
 			}
 			r.rfqSeen = next
+			if r.approvals {
+				r.settle(next)
+			}
 		}
 		r.hdr[r.hdrN] = b[i]
 		r.hdrN++
@@ -598,6 +679,9 @@ func (r *relay) writeServer(b []byte) error {
 
 // serverLoop copies server bytes to the client until an error.
 func (r *relay) serverLoop(src io.Reader) error {
+	if r.serverGone != nil {
+		defer close(r.serverGone)
+	}
 	buf := make([]byte, serverChunk)
 	for {
 		n, err := src.Read(buf)

@@ -199,11 +199,11 @@ func TestRelay(t *testing.T) {
 			},
 		},
 		{
-			name:   "write approval refuses writes",
+			name:   "write approval without an approver refuses writes",
 			policy: sqlpolicy.Grant{Statements: "write", Role: "ops", WriteApproval: true},
 			send:   []pgproto3.FrontendMessage{&pgproto3.Query{String: "delete from t"}},
 			wantClient: []string{
-				`Error:42501:sigil: statement refused: DELETE from t is a write statement and role "ops" requires a human approval for each write`, "Ready"},
+				`Error:42501:sigil: write refused: role "ops" requires a human approval for each write, and write approvals are not available on this gateway`, "Ready"},
 			wantServer: []string{"Sync"},
 		},
 		{

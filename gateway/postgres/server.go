@@ -273,6 +273,7 @@ func (s *Server) serveSession(ctx context.Context, sess *session.Session, client
 		policy:   sqlpolicy.Grant{Statements: sess.Decision.Statements, Role: sess.Decision.Role, WriteApproval: sess.Decision.WriteApproval},
 		classify: s.cfg.Classifier.Classify,
 		emit:     sess.Recorder(ctx, log),
+		approve:  sess.ApproveWrite,
 	}, cr, bufio.NewWriterSize(up.conn, 32<<10), client)
 
 	clientDone := make(chan error, 1)

@@ -18,10 +18,11 @@ import (
 	"github.com/sigilhq/sigil/identity/ca"
 	"github.com/sigilhq/sigil/identity/certid"
 	"github.com/sigilhq/sigil/identity/policy"
+	"github.com/sigilhq/sigil/services/access"
+	"github.com/sigilhq/sigil/services/approvals"
 	"github.com/sigilhq/sigil/services/locks"
 	"github.com/sigilhq/sigil/services/requests"
 	"github.com/sigilhq/sigil/services/resources"
-	"github.com/sigilhq/sigil/services/roles"
 )
 
 const (
@@ -46,6 +47,13 @@ type Config struct {
 	// Requests resolves the access requests certificates carry; without
 	// it such certificates are refused.
 	Requests *requests.Service
+	// Approvals decides the writes of sessions whose role asks for a
+	// human approval of each write (write_approval); without it those
+	// writes are refused.
+	Approvals approvals.WriteApprovals
+	// Access decides for identities; defaults to one over Resources and
+	// Requests (agents acting on behalf of a person are then refused).
+	Access *access.Resolver
 	// Emitter records the session events.
 	Emitter audit.Emitter
 	// Clock defaults to time.Now.
@@ -71,6 +79,13 @@ func (c *Config) CheckAndSetDefaults() error {
 		return trace.BadParameter("session: missing Emitter")
 	case c.LockRecheck < 0 || c.UpstreamCertTTL < 0:
 		return trace.BadParameter("session: intervals must not be negative")
+	}
+	if c.Access == nil {
+		r, err := access.New(access.Config{Resources: c.Resources, Requests: c.Requests})
+		if err != nil {
+			return trace.Wrap(err)
+		}
+		c.Access = r
 	}
 	if c.Clock == nil {
 		c.Clock = time.Now
@@ -201,6 +216,11 @@ type Session struct {
 	// sub-messages), which saves two allocations per query.
 	auditID  *audit.Identity
 	auditRes *audit.Resource
+
+	// approvalsNoted are the approvals already announced with
+	// approval.created (see ApproveWrite).
+	approvalMu     sync.Mutex
+	approvalsNoted map[string]struct{}
 }
 
 // Start authenticates and authorizes a client from its verified TLS peer
@@ -325,31 +345,15 @@ func (m *Manager) authorize(ctx context.Context, id *certid.Identity, clientAddr
 	return s, nil
 }
 
-// checker evaluates id's roles for one resource. Roles an access request
-// added count only while the request is approved and unexpired, and only
-// for resources it covers; until is when the earliest request in use
-// expires (zero when none is).
+// checker evaluates id's access to one resource (see access.Resolver);
+// until is when the earliest access request in use expires (zero when
+// none is). A problem with the identity is a refusal for who it is.
 func (m *Manager) checker(ctx context.Context, id *certid.Identity, kind, name string) (*policy.AccessChecker, time.Time, error) {
-	names := id.Roles
-	var until time.Time
-	if len(id.AccessRequests) > 0 {
-		if m.cfg.Requests == nil {
-			return nil, until, who(nil, "this certificate carries access requests, which this gateway does not support; run \"sigil login\" without --request-id")
-		}
-		g, err := m.cfg.Requests.Effective(ctx, id, kind, name)
-		switch {
-		case trace.IsNotFound(err) || trace.IsAccessDenied(err) || trace.IsBadParameter(err):
-			return nil, until, who(err, "checking the access requests of %q", id.Name)
-		case err != nil:
-			return nil, until, trace.Wrap(err)
-		}
-		names, until = g.Roles, g.Until
-	}
-	checker, err := roles.Checker(ctx, m.cfg.Resources, names, id.Traits, string(id.Kind))
-	if err != nil {
-		if trace.IsNotFound(err) || trace.IsBadParameter(err) {
-			return nil, until, who(err, "evaluating the roles of %q", id.Name)
-		}
+	checker, until, err := m.cfg.Access.Checker(ctx, id, kind, name)
+	switch {
+	case trace.IsNotFound(err) || trace.IsAccessDenied(err) || trace.IsBadParameter(err):
+		return nil, until, &WhoError{Message: trace.UserMessage(err), Err: err}
+	case err != nil:
 		return nil, until, trace.Wrap(err)
 	}
 	return checker, until, nil

@@ -635,23 +635,6 @@ func mySelectClauses(s *ast.SelectStmt) verdict {
 	return v
 }
 
-// FingerprintMySQL returns the digest of sql's normalized form (constants
-// replaced, whitespace, comments and case folded), the same digest MySQL
-// tooling and TiDB's statement summary use, so an approval can be bound to
-// the statement's shape. sql must parse.
-func FingerprintMySQL(sql string) (string, error) {
-	if len(sql) > DefaultMaxStatementBytes {
-		return "", trace.LimitExceeded("statement too large (%d bytes, limit %d)", len(sql), DefaultMaxStatementBytes)
-	}
-	// The digester only lexes; parse first so that garbage has no
-	// fingerprint rather than a meaningless one.
-	if _, err := newMySQLParsers().parse(sql); err != nil {
-		return "", trace.BadParameter("fingerprint: %s", mysqlParseError(err))
-	}
-	_, digest := parser.NormalizeDigest(sql)
-	return digest.String(), nil
-}
-
 // NormalizeMySQL returns sql with constants replaced by '?', for storing
 // statements without the values they carried.
 func NormalizeMySQL(sql string) (string, error) {

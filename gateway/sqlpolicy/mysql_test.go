@@ -378,33 +378,6 @@ func TestMySQLDeepNestingFailsClosed(t *testing.T) {
 	}
 }
 
-func TestFingerprintMySQL(t *testing.T) {
-	a, err := FingerprintMySQL("SELECT * FROM t WHERE id = 1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := FingerprintMySQL("select *  from t /* c */ where id = 42")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if a != b || len(a) != 64 {
-		t.Fatalf("fingerprints %q and %q, want equal 64-hex digests", a, b)
-	}
-	other, err := FingerprintMySQL("SELECT * FROM u WHERE id = 1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if other == a {
-		t.Fatalf("different tables share fingerprint %q", a)
-	}
-	if _, err := FingerprintMySQL("SELEC 1"); err == nil || !strings.Contains(err.Error(), "fingerprint") {
-		t.Fatalf("FingerprintMySQL(garbage) error = %v, want a fingerprint parse error", err)
-	}
-	if _, err := FingerprintMySQL(strings.Repeat(" ", DefaultMaxStatementBytes+1)); err == nil || !strings.Contains(err.Error(), "too large") {
-		t.Fatalf("FingerprintMySQL(huge) error = %v, want too large", err)
-	}
-}
-
 func TestNormalizeMySQL(t *testing.T) {
 	got, err := NormalizeMySQL("SELECT * FROM t WHERE name = 'secret' AND id IN (1, 2, 3)")
 	if err != nil {

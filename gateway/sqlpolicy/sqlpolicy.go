@@ -203,20 +203,6 @@ func rank(c Class) int {
 	return 0
 }
 
-// Fingerprint returns pg_query's fingerprint of sql: equal for statements
-// that differ only in constants, whitespace, comments and case, so an
-// approval can be bound to the statement's shape.
-func Fingerprint(sql string) (string, error) {
-	if len(sql) > DefaultMaxStatementBytes {
-		return "", trace.LimitExceeded("statement too large (%d bytes, limit %d)", len(sql), DefaultMaxStatementBytes)
-	}
-	fp, err := pg_query.Fingerprint(sql)
-	if err != nil {
-		return "", trace.BadParameter("fingerprint: %v", err)
-	}
-	return fp, nil
-}
-
 // Normalize returns sql with constants replaced by $n placeholders, for
 // storing statements without the values they carried.
 func Normalize(sql string) (string, error) {
@@ -238,13 +224,15 @@ type Grant struct {
 	Statements string
 	// Role granted it; refusals name it.
 	Role string
-	// WriteApproval refuses writes: each needs a human approval.
+	// WriteApproval makes each statement the level allows but that is not
+	// a read wait for a human approval (see NeedsApproval).
 	WriteApproval bool
 }
 
-// Refusal applies g to a classification: the refusal message the client
-// gets (naming the statement, its class and the role), or "" and true
-// when g allows it.
+// Refusal applies g's statements level to a classification: the refusal
+// message the client gets (naming the statement, its class and the role),
+// or "" and true when the level allows it. A write the level allows is
+// not refused here even under WriteApproval: the caller asks NeedsApproval.
 func (g Grant) Refusal(res Result) (string, bool) {
 	reason := res.Reason
 	if reason == "" {
@@ -256,10 +244,15 @@ func (g Grant) Refusal(res Result) (string, bool) {
 		}
 		return fmt.Sprintf("sigil: statement refused: %s is %s %s statement; role %q grants %s", reason, article(string(res.Class)), res.Class, g.Role, g.Statements), false
 	}
-	if g.WriteApproval && (res.Class == ClassWrite || res.Class == ClassAdmin) {
-		return fmt.Sprintf("sigil: statement refused: %s is %s %s statement and role %q requires a human approval for each write", reason, article(string(res.Class)), res.Class, g.Role), false
-	}
 	return "", true
+}
+
+// NeedsApproval reports whether a statement that Refusal allows must
+// first have a human approval: under WriteApproval, anything that is not
+// a read. An unclassifiable statement (allowed only to admin) counts as a
+// write, since it may be one.
+func (g Grant) NeedsApproval(res Result) bool {
+	return g.WriteApproval && res.Class != ClassRead && Allowed(g.Statements, res)
 }
 
 func article(s string) string {

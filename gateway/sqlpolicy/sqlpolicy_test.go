@@ -171,33 +171,6 @@ func TestAllowedEndToEnd(t *testing.T) {
 	}
 }
 
-func TestFingerprint(t *testing.T) {
-	a, err := Fingerprint("SELECT * FROM t WHERE id = 1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := Fingerprint("select *   from t where id = 42 -- different constant")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if a != b || len(a) != 16 {
-		t.Fatalf("fingerprints %q and %q: want equal 16-hex-digit values for the same shape", a, b)
-	}
-	c, err := Fingerprint("SELECT * FROM u WHERE id = 1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if c == a {
-		t.Fatalf("different tables share fingerprint %q", a)
-	}
-	if _, err := Fingerprint("SELEC 1"); !trace.IsBadParameter(err) || !strings.Contains(err.Error(), "syntax error") {
-		t.Fatalf("Fingerprint(bad sql) error = %v, want BadParameter with the syntax error", err)
-	}
-	if _, err := Fingerprint(strings.Repeat(" ", DefaultMaxStatementBytes+1)); !trace.IsLimitExceeded(err) {
-		t.Fatalf("Fingerprint(huge) error = %v, want LimitExceeded", err)
-	}
-}
-
 func TestNormalize(t *testing.T) {
 	got, err := Normalize("SELECT * FROM t WHERE name = 'alice' AND id = 7")
 	if err != nil {

@@ -3,6 +3,7 @@ package apiserver
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -357,9 +358,28 @@ const DefaultTokenTTL = time.Hour
 
 func (h *tokenService) AddToken(ctx context.Context, req *connect.Request[sigilv1.AddTokenRequest]) (*connect.Response[sigilv1.AddTokenResponse], error) {
 	s := h.s
-	id, err := s.authorize(ctx, types.KindToken, types.VerbCreate)
+	id, err := s.caller(ctx)
 	if err != nil {
 		return nil, trace.Wrap(err)
+	}
+	var spec types.TokenSpec
+	if self := req.Msg.Kind == types.TokenKindAgent && req.Msg.OnBehalfOf == id.Name; self {
+		// "sigil agent token": a person may always make an agent for
+		// themself, bounded by their own access.
+		if spec, err = h.selfAgentSpec(ctx, id, req.Msg.Name); err != nil {
+			return nil, trace.Wrap(err)
+		}
+	} else {
+		if id, err = s.authorize(ctx, types.KindToken, types.VerbCreate); err != nil {
+			return nil, trace.Wrap(err)
+		}
+		if req.Msg.OnBehalfOf != "" {
+			if _, err := s.cfg.Users.Get(ctx, req.Msg.OnBehalfOf); trace.IsNotFound(err) {
+				return nil, trace.NotFound("--on-behalf-of %q is not a local user; SSO users make tokens for their own agents with \"sigil agent token\"", req.Msg.OnBehalfOf)
+			} else if err != nil {
+				return nil, trace.Wrap(err)
+			}
+		}
 	}
 	if _, err := s.roles(ctx, req.Msg.Roles); err != nil {
 		return nil, trace.Wrap(err)
@@ -379,10 +399,12 @@ func (h *tokenService) AddToken(ctx context.Context, req *connect.Request[sigilv
 	tok := &types.Token{
 		Metadata: types.Metadata{Name: secret, Expires: &exp},
 		Spec: types.TokenSpec{
-			Kind:       req.Msg.Kind,
-			BotName:    req.Msg.Name,
-			Roles:      req.Msg.Roles,
-			OnBehalfOf: req.Msg.OnBehalfOf,
+			Kind:             req.Msg.Kind,
+			BotName:          req.Msg.Name,
+			Roles:            req.Msg.Roles,
+			OnBehalfOf:       req.Msg.OnBehalfOf,
+			OnBehalfOfRoles:  spec.OnBehalfOfRoles,
+			OnBehalfOfTraits: spec.OnBehalfOfTraits,
 		},
 	}
 	if _, err := s.cfg.Resources.Create(ctx, tok); err != nil {
@@ -396,6 +418,33 @@ func (h *tokenService) AddToken(ctx context.Context, req *connect.Request[sigilv
 		return nil, trace.Wrap(err)
 	}
 	return connect.NewResponse(&sigilv1.AddTokenResponse{Token: secret, Resource: out}), nil
+}
+
+// selfAgentSpec checks a person's token for their own agent: made by a
+// human, not from an access request, and not taking over someone else's
+// agent. The agent may name roles the person lacks (roles written for
+// agents, e.g. with write_approval): whatever it does is also checked
+// against the person's current access. An SSO user is not stored, so what
+// they hold now is recorded as that bound.
+func (h *tokenService) selfAgentSpec(ctx context.Context, id *certid.Identity, name string) (types.TokenSpec, error) {
+	var spec types.TokenSpec
+	if id.Kind != certid.KindHuman {
+		return spec, trace.AccessDenied("only people make tokens for their own agents; %q is a %s", id.Name, id.Kind)
+	}
+	if len(id.AccessRequests) > 0 {
+		return spec, trace.AccessDenied("an agent cannot inherit roles from an access request; run \"sigil login\" without --request-id first")
+	}
+	if h.s.cfg.Bots != nil {
+		if b, err := h.s.cfg.Bots.Get(ctx, name); err == nil && b.OnBehalfOf != id.Name {
+			return spec, trace.AlreadyExists("%s %q exists and is not yours; pick another name", b.Kind, name)
+		}
+	}
+	if _, err := h.s.cfg.Users.Get(ctx, id.Name); trace.IsNotFound(err) {
+		spec.OnBehalfOfRoles, spec.OnBehalfOfTraits = slices.Clone(id.Roles), id.Traits
+	} else if err != nil {
+		return spec, trace.Wrap(err)
+	}
+	return spec, nil
 }
 
 type lockService struct{ s *Server }

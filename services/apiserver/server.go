@@ -19,6 +19,9 @@ import (
 	"github.com/sigilhq/sigil/identity/ca"
 	"github.com/sigilhq/sigil/identity/certid"
 	"github.com/sigilhq/sigil/identity/policy"
+	"github.com/sigilhq/sigil/services/access"
+	"github.com/sigilhq/sigil/services/approvals"
+	"github.com/sigilhq/sigil/services/bots"
 	"github.com/sigilhq/sigil/services/locks"
 	"github.com/sigilhq/sigil/services/mfa"
 	"github.com/sigilhq/sigil/services/requests"
@@ -57,7 +60,16 @@ type Config struct {
 	// Requests stores access requests; without it RequestService calls
 	// fail with NotImplemented and certificates naming requests are
 	// refused.
-	Requests    *requests.Service
+	Requests *requests.Service
+	// Bots joins and renews bots and agents; without it JoinService calls
+	// fail with NotImplemented.
+	Bots *bots.Service
+	// Access decides for identities; defaults to one over Resources,
+	// Requests and Bots.
+	Access *access.Resolver
+	// Approvals stores agents' write approvals; without it
+	// ApprovalService calls fail with NotImplemented.
+	Approvals   *approvals.Service
 	ClusterName string
 	// PublicAddr is the host:port users reach the gateway on (signup links).
 	PublicAddr string
@@ -97,6 +109,17 @@ func (c *Config) CheckAndSetDefaults() error {
 	}
 	if c.DefaultTTL == 0 {
 		c.DefaultTTL = DefaultCertTTL
+	}
+	if c.Access == nil {
+		cfg := access.Config{Resources: c.Resources, Requests: c.Requests}
+		if c.Bots != nil {
+			cfg.Delegates = c.Bots
+		}
+		r, err := access.New(cfg)
+		if err != nil {
+			return trace.Wrap(err)
+		}
+		c.Access = r
 	}
 	if c.Clock == nil {
 		c.Clock = time.Now
@@ -153,6 +176,8 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle(sigilv1connect.NewSSHServiceHandler(&sshService{s}, opts...))
 	mux.Handle(sigilv1connect.NewSSOServiceHandler(&ssoService{s}, opts...))
 	mux.Handle(sigilv1connect.NewRequestServiceHandler(&requestService{s}, opts...))
+	mux.Handle(sigilv1connect.NewJoinServiceHandler(&joinService{s}, opts...))
+	mux.Handle(sigilv1connect.NewApprovalServiceHandler(&approvalService{s}, opts...))
 	return s.withIdentity(mux)
 }
 
@@ -208,6 +233,12 @@ func (s *Server) caller(ctx context.Context) (*certid.Identity, error) {
 	if err := s.cfg.Locks.Check(ctx, info.id.Name, string(info.id.Kind), info.id.Roles); err != nil {
 		return nil, trace.Wrap(err)
 	}
+	// A lock on a person also stops the agents acting for them.
+	if p := info.id.OnBehalfOf; p != "" {
+		if err := s.cfg.Locks.Check(ctx, p, types.IdentityKindHuman, nil); err != nil {
+			return nil, trace.Wrap(err)
+		}
+	}
 	return info.id, nil
 }
 
@@ -220,22 +251,11 @@ func (s *Server) checker(ctx context.Context, id *certid.Identity) (*policy.Acce
 	return s.checkerFor(ctx, id, "", "")
 }
 
-// checkerFor evaluates id's roles for one resource (kind, name; empty for
-// uses that name none): roles from access requests count only while the
-// request is approved and unexpired, and only for resources it covers.
+// checkerFor evaluates id's access for one resource (kind, name; empty
+// for questions that name none), see access.Resolver.
 func (s *Server) checkerFor(ctx context.Context, id *certid.Identity, kind, name string) (*policy.AccessChecker, error) {
-	names := id.Roles
-	if len(id.AccessRequests) > 0 {
-		if s.cfg.Requests == nil {
-			return nil, trace.AccessDenied("this certificate carries access requests, which this server does not support; run \"sigil login\" without --request-id")
-		}
-		g, err := s.cfg.Requests.Effective(ctx, id, kind, name)
-		if err != nil {
-			return nil, trace.Wrap(err)
-		}
-		names = g.Roles
-	}
-	return roles.Checker(ctx, s.cfg.Resources, names, id.Traits, string(id.Kind))
+	checker, _, err := s.cfg.Access.Checker(ctx, id, kind, name)
+	return checker, trace.Wrap(err)
 }
 
 // authorize authenticates the caller and checks one admin verb on a kind.

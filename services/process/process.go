@@ -34,7 +34,10 @@ import (
 	"github.com/sigilhq/sigil/identity/authn"
 	"github.com/sigilhq/sigil/identity/ca"
 	"github.com/sigilhq/sigil/identity/certid"
+	"github.com/sigilhq/sigil/services/access"
 	"github.com/sigilhq/sigil/services/apiserver"
+	"github.com/sigilhq/sigil/services/approvals"
+	"github.com/sigilhq/sigil/services/bots"
 	"github.com/sigilhq/sigil/services/locks"
 	"github.com/sigilhq/sigil/services/mfa"
 	"github.com/sigilhq/sigil/services/requests"
@@ -153,6 +156,21 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer, ve
 	if err != nil {
 		return nil, trace.Wrap(err)
 	}
+	// apprSvc is what the gateway asks before an agent's write runs where
+	// a role says write_approval: true, and what reviewers use.
+	apprSvc, err := approvals.New(approvals.Config{Backend: d.backend})
+	if err != nil {
+		return nil, trace.Wrap(err)
+	}
+	botSvc, err := bots.New(bots.Config{Backend: d.backend, Resources: store, Locks: lockSvc, Users: d.users})
+	if err != nil {
+		return nil, trace.Wrap(err)
+	}
+	// One resolver decides for the API and the gateway alike.
+	accessRes, err := access.New(access.Config{Resources: store, Requests: reqSvc, Delegates: botSvc})
+	if err != nil {
+		return nil, trace.Wrap(err)
+	}
 
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -194,6 +212,9 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer, ve
 		Users:          d.users,
 		Locks:          lockSvc,
 		Requests:       reqSvc,
+		Approvals:      apprSvc,
+		Bots:           botSvc,
+		Access:         accessRes,
 		Emitter:        d.emitter,
 		SSO:            ssoSvc,
 		AuditStore:     d.audit,
@@ -239,7 +260,7 @@ func Start(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer, ve
 		ln.Close()
 		return nil, trace.Wrap(err)
 	}
-	sessions, err := session.New(session.Config{Authority: d.authority, Resources: store, Locks: lockSvc, Requests: reqSvc, Emitter: d.emitter, Logger: d.log})
+	sessions, err := session.New(session.Config{Authority: d.authority, Resources: store, Locks: lockSvc, Requests: reqSvc, Access: accessRes, Approvals: apprSvc, Emitter: d.emitter, Logger: d.log})
 	if err != nil {
 		ln.Close()
 		return nil, trace.Wrap(err)
