@@ -28,6 +28,7 @@ type apiClients struct {
 	locks     sigilv1connect.LockServiceClient
 	mfa       sigilv1connect.MFAServiceClient
 	requests  sigilv1connect.RequestServiceClient
+	approvals sigilv1connect.ApprovalServiceClient
 	sso       sigilv1connect.SSOServiceClient
 }
 
@@ -40,6 +41,7 @@ func newAPIClients(api http.Handler) *apiClients {
 		locks:     sigilv1connect.NewLockServiceClient(hc, apiBaseURL),
 		mfa:       sigilv1connect.NewMFAServiceClient(hc, apiBaseURL),
 		requests:  sigilv1connect.NewRequestServiceClient(hc, apiBaseURL),
+		approvals: sigilv1connect.NewApprovalServiceClient(hc, apiBaseURL),
 		sso:       sigilv1connect.NewSSOServiceClient(hc, apiBaseURL),
 	}
 }

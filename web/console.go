@@ -117,7 +117,7 @@ type console struct {
 
 // pageFiles are the console pages; each is parsed with the layout and
 // the console chrome (navigation).
-var pageFiles = []string{"login", "signin_mfa", "resources", "devices", "register", "approve", "approvals", "audit", "sessions", "requests", "error", "sso_done", "recording"}
+var pageFiles = []string{"login", "signin_mfa", "resources", "devices", "register", "approve", "approvals", "audit", "sessions", "requests", "error", "sso_done", "recording", "writes"}
 
 func newConsole(cfg *ConsoleConfig) (*console, error) {
 	if err := cfg.CheckAndSetDefaults(); err != nil {
@@ -153,8 +153,9 @@ func templateFuncs() template.FuncMap {
 			}
 			return humanSince(time.Since(t))
 		},
-		"join":  strings.Join,
-		"split": strings.Split,
+		"join":       strings.Join,
+		"reviewForm": newReviewForm,
+		"split":      strings.Split,
 		"upper": func(s string) string {
 			if s == "" {
 				return s
@@ -240,6 +241,9 @@ func (h *Handler) registerConsole() error {
 	h.mux.HandleFunc("POST /web/requests", h.signedIn(h.createRequest))
 	h.mux.HandleFunc("POST /web/requests/{id}/review", h.signedIn(h.reviewRequest))
 	h.mux.HandleFunc("POST /web/requests/{id}/challenge", h.signedIn(h.reviewChallenge))
+	h.mux.HandleFunc("GET /web/writes", h.signedIn(h.writesPage))
+	h.mux.HandleFunc("POST /web/writes/{id}/review", h.signedIn(h.reviewWrite))
+	h.mux.HandleFunc("POST /web/writes/{id}/challenge", h.signedIn(h.reviewChallenge))
 	return nil
 }
 

@@ -101,7 +101,9 @@ func (fakeSignups) Signup(context.Context, string, []byte, string) (string, erro
 	return "", trace.NotFound("no")
 }
 
-func newTestHandler(t *testing.T) (*Handler, *fakeClock) {
+// newTestHandler returns a console; opts change its config (an API to
+// call, another Auth).
+func newTestHandler(t *testing.T, opts ...func(*ConsoleConfig)) (*Handler, *fakeClock) {
 	t.Helper()
 	log := slog.New(slog.DiscardHandler)
 	backend, err := badger.New(context.Background(), badger.Config{InMemory: true, Logger: log})
@@ -110,18 +112,19 @@ func newTestHandler(t *testing.T) (*Handler, *fakeClock) {
 	}
 	t.Cleanup(func() { backend.Close() })
 	clock := &fakeClock{now: time.Now()}
-	h, err := New(Config{
-		Signups: fakeSignups{}, PublicAddr: "127.0.0.1:3443", Logger: log,
-		Console: &ConsoleConfig{
-			API:         http.NotFoundHandler(),
-			Caller:      func(ctx context.Context, _ *certid.Identity, _ string) context.Context { return ctx },
-			Auth:        fakeAuth{},
-			MFA:         fakeChallenges{},
-			Backend:     backend,
-			IdleTimeout: 30 * time.Minute,
-			Clock:       clock.Now,
-		},
-	})
+	cc := &ConsoleConfig{
+		API:         http.NotFoundHandler(),
+		Caller:      func(ctx context.Context, _ *certid.Identity, _ string) context.Context { return ctx },
+		Auth:        fakeAuth{},
+		MFA:         fakeChallenges{},
+		Backend:     backend,
+		IdleTimeout: 30 * time.Minute,
+		Clock:       clock.Now,
+	}
+	for _, o := range opts {
+		o(cc)
+	}
+	h, err := New(Config{Signups: fakeSignups{}, PublicAddr: "127.0.0.1:3443", Logger: log, Console: cc})
 	if err != nil {
 		t.Fatal(err)
 	}

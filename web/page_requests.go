@@ -13,6 +13,7 @@ import (
 	"github.com/gravitational/trace"
 
 	sigilv1 "github.com/sigilhq/sigil/api/gen/sigil/v1"
+	"github.com/sigilhq/sigil/identity/certid"
 	"github.com/sigilhq/sigil/services/mfa"
 )
 
@@ -20,11 +21,63 @@ type requestsData struct {
 	// Unavailable says why there is no request service.
 	Unavailable string
 	Requests    []requestRow
-	// NeedsMFA: the user's roles require an MFA check per review.
-	NeedsMFA bool
+	ReviewMFA
 	// Reviewable says some request waits for this user's review.
-	Reviewable      bool
+	Reviewable bool
+}
+
+// ReviewMFA is what a page with review forms needs to ask for the MFA
+// check of reviewers whose roles require one (access requests and agents'
+// write approvals alike); the "reviewform" template renders it.
+type ReviewMFA struct {
+	// NeedsMFA: the user's roles require an MFA check per review.
+	NeedsMFA        bool
 	HasTOTP, HasKey bool
+}
+
+// reviewForm is what the "reviewform" template gets: the form posts to
+// Path+"/review", the security key check to Path+"/challenge".
+type reviewForm struct {
+	ReviewMFA
+	CSRF, Path string
+}
+
+func newReviewForm(csrf string, m ReviewMFA, base, id string) reviewForm {
+	return reviewForm{ReviewMFA: m, CSRF: csrf, Path: base + id}
+}
+
+func (h *Handler) reviewMFAOf(r *http.Request, s *consoleSession) (ReviewMFA, error) {
+	var m ReviewMFA
+	role, err := h.console.cfg.Auth.SessionMFARole(r.Context(), s.identity())
+	if err != nil || role == "" {
+		return m, trace.Wrap(err)
+	}
+	m.NeedsMFA = true
+	devs, err := h.console.api.mfa.ListMFADevices(h.as(r, s), connect.NewRequest(&sigilv1.ListMFADevicesRequest{}))
+	if err != nil {
+		return m, trace.Wrap(err)
+	}
+	for _, dev := range devs.Msg.Devices {
+		m.HasTOTP = m.HasTOTP || dev.Type == mfa.TypeTOTP
+		m.HasKey = m.HasKey || dev.Type == mfa.TypeWebAuthn
+	}
+	return m, nil
+}
+
+// reviewer is s's identity for a review of id (an access request or a
+// write approval), carrying the MFA check the form sent, if any, as a
+// certificate from the MFA ceremony would.
+func (h *Handler) reviewer(r *http.Request, s *consoleSession, id string) (*certid.Identity, error) {
+	who := s.identity()
+	f := r.PostForm
+	if ch, code := f.Get("mfa_challenge"), f.Get("otp"); ch != "" || strings.TrimSpace(code) != "" {
+		used, err := h.console.cfg.Auth.ReviewMFA(r.Context(), s.User, id, ch, code, s.binding(), r.RemoteAddr)
+		if err != nil {
+			return nil, trace.Wrap(err)
+		}
+		who.MFADevice = used.Name
+	}
+	return who, nil
 }
 
 type requestRow struct {
@@ -56,22 +109,9 @@ func (h *Handler) renderRequests(w http.ResponseWriter, r *http.Request, s *cons
 		h.consoleError(w, r, s, err)
 		return
 	}
-	role, err := h.console.cfg.Auth.SessionMFARole(r.Context(), s.identity())
-	if err != nil {
+	if d.ReviewMFA, err = h.reviewMFAOf(r, s); err != nil {
 		h.consoleError(w, r, s, err)
 		return
-	}
-	d.NeedsMFA = role != ""
-	if d.NeedsMFA {
-		devs, err := h.console.api.mfa.ListMFADevices(ctx, connect.NewRequest(&sigilv1.ListMFADevicesRequest{}))
-		if err != nil {
-			h.consoleError(w, r, s, err)
-			return
-		}
-		for _, dev := range devs.Msg.Devices {
-			d.HasTOTP = d.HasTOTP || dev.Type == mfa.TypeTOTP
-			d.HasKey = d.HasKey || dev.Type == mfa.TypeWebAuthn
-		}
 	}
 	list := resp.Msg.Requests
 	sort.Slice(list, func(i, j int) bool { return list[i].GetCreated().AsTime().After(list[j].GetCreated().AsTime()) })
@@ -152,20 +192,14 @@ func (h *Handler) reviewChallenge(w http.ResponseWriter, r *http.Request, s *con
 func (h *Handler) reviewRequest(w http.ResponseWriter, r *http.Request, s *consoleSession) {
 	f := r.PostForm
 	reqID := r.PathValue("id")
-	id := s.identity()
-	if ch, code := f.Get("mfa_challenge"), f.Get("otp"); ch != "" || strings.TrimSpace(code) != "" {
-		used, err := h.console.cfg.Auth.ReviewMFA(r.Context(), s.User, reqID, ch, code, s.binding(), r.RemoteAddr)
-		if err != nil {
-			_, msg := h.errorStatus(err)
-			h.renderRequests(w, r, s, &view{Error: msg})
-			return
-		}
-		// The review call carries the check, as a certificate from the MFA
-		// ceremony would.
-		id.MFADevice = used.Name
+	id, err := h.reviewer(r, s, reqID)
+	if err != nil {
+		_, msg := h.errorStatus(err)
+		h.renderRequests(w, r, s, &view{Error: msg})
+		return
 	}
 	approve := f.Get("decision") == "approve"
-	_, err := h.console.api.requests.ReviewAccessRequest(h.asIdentity(r, s, id), connect.NewRequest(&sigilv1.ReviewAccessRequestRequest{
+	_, err = h.console.api.requests.ReviewAccessRequest(h.asIdentity(r, s, id), connect.NewRequest(&sigilv1.ReviewAccessRequestRequest{
 		Id: reqID, Approve: approve, Reason: strings.TrimSpace(f.Get("reason")),
 	}))
 	if err != nil {
