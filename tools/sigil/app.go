@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"regexp"
 	"strings"
 	"time"
@@ -37,6 +38,10 @@ type app struct {
 	debug   bool
 	timeout time.Duration
 	log     *slog.Logger
+	// identityDir, when set (--identity or $SIGIL_IDENTITY), replaces the
+	// current profile: a directory a bot or agent keeps renewed with
+	// "sigil bot start".
+	identityDir string
 }
 
 // run executes the sigil command line args and returns the exit code.
@@ -94,14 +99,18 @@ First time? An admin gives you a signup link; complete it, then log in:
 	}
 	root.PersistentFlags().BoolVar(&a.debug, "debug", false, "print debug logs to stderr")
 	root.PersistentFlags().DurationVar(&a.timeout, "timeout", client.DefaultTimeout, "bound on each call to the gateway")
+	root.PersistentFlags().StringVar(&a.identityDir, "identity", os.Getenv("SIGIL_IDENTITY"), "use the identity directory a bot or agent keeps with \"sigil bot start --dest DIR\" instead of the current profile ($SIGIL_IDENTITY)")
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
 		return trace.BadParameter("%v (see \"%s --help\")", err, cmd.CommandPath())
 	})
 	root.AddCommand(a.signupCommand(), a.loginCommand(), a.statusCommand(), a.logoutCommand(),
 		a.dbCommand(), a.proxyCommand())
 	root.AddCommand(a.requestCommand())
+	root.AddCommand(a.approvalCommand())
 	root.AddCommand(a.mfaCommand())
+	root.AddCommand(a.botCommand(), a.agentCommand())
 	root.AddCommand(a.lsCommand(), a.sshCommand(), a.playCommand(), a.configCommand())
+	root.AddCommand(a.mcpCommand())
 	return root
 }
 

@@ -203,7 +203,7 @@ func listDatabases(ctx context.Context, clt *client.Client, proxy string) ([]*si
 // loginProfile loads the current profile and refuses an expired login
 // up front: the gateway would refuse too, but less helpfully.
 func (a *app) loginProfile() (*client.Profile, error) {
-	p, err := client.CurrentProfile(client.Home())
+	p, err := a.currentProfile()
 	if err != nil {
 		return nil, trace.Wrap(err)
 	}
@@ -755,7 +755,7 @@ valid after the next "sigil db login", which writes to the same files.`,
 			if err := cli.CheckFormat(format); err != nil {
 				return trace.Wrap(err)
 			}
-			p, err := client.CurrentProfile(client.Home())
+			p, err := a.currentProfile()
 			if err != nil {
 				return trace.Wrap(err)
 			}

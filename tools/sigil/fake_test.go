@@ -134,8 +134,9 @@ func (f *fakeAuth) Login(_ context.Context, req *connect.Request[sigilv1.LoginRe
 	}), nil
 }
 
-// startFakeGateway serves f over TLS 1.3 on 127.0.0.1 and returns its address.
-func startFakeGateway(t *testing.T, f *fakeAuth) string {
+// startFakeGateway serves f, and the services more registers, over TLS
+// 1.3 on 127.0.0.1 and returns its address.
+func startFakeGateway(t *testing.T, f *fakeAuth, more ...func(*http.ServeMux)) string {
 	t.Helper()
 	key, err := client.GenerateKey()
 	if err != nil {
@@ -152,6 +153,9 @@ func startFakeGateway(t *testing.T, f *fakeAuth) string {
 	}
 	mux := http.NewServeMux()
 	mux.Handle(sigilv1connect.NewAuthServiceHandler(f))
+	for _, register := range more {
+		register(mux)
+	}
 	srv := httptest.NewUnstartedServer(mux)
 	srv.EnableHTTP2 = true
 	srv.TLS = &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS13, NextProtos: []string{"h2", "http/1.1"}}

@@ -86,40 +86,58 @@ func (a *app) proxyDB(ctx context.Context, opts proxyDBOptions) error {
 	if !opts.tunnel {
 		return trace.BadParameter("only tunnel mode exists: add --tunnel (psql can reach the gateway directly with \"sigil db connect %s\")", opts.database)
 	}
+	tun, err := a.openDBTunnel(ctx, opts)
+	if err != nil {
+		return trace.Wrap(err)
+	}
+	fmt.Fprintf(a.stdout, "%sPress Ctrl-C to stop.\n", tun.howTo)
+	return trace.Wrap(tun.Serve(ctx))
+}
+
+// dbTunnel is a tunnel ready to serve, with how to connect to it.
+type dbTunnel struct {
+	*tunnel.Tunnel
+	howTo string
+}
+
+// openDBTunnel checks the route, gets the first certificate and opens the
+// local listener of a database tunnel; Serve runs it and renews its
+// certificates from the current profile (or identity directory).
+func (a *app) openDBTunnel(ctx context.Context, opts proxyDBOptions) (*dbTunnel, error) {
 	if opts.port < 0 || opts.port > 65535 {
-		return trace.BadParameter("--port %d is not a TCP port", opts.port)
+		return nil, trace.BadParameter("--port %d is not a TCP port", opts.port)
 	}
 	if opts.certTTL < 0 {
-		return trace.BadParameter("--cert-ttl must be positive")
+		return nil, trace.BadParameter("--cert-ttl must be positive")
 	}
 	if err := checkDBName(opts.database); err != nil {
-		return trace.Wrap(err)
+		return nil, trace.Wrap(err)
 	}
 	p, clt, err := a.dbClient()
 	if err != nil {
-		return trace.Wrap(err)
+		return nil, trace.Wrap(err)
 	}
 	defer clt.Close()
 	dbs, err := listDatabases(ctx, clt, p.Proxy)
 	if err != nil {
-		return trace.Wrap(err)
+		return nil, trace.Wrap(err)
 	}
 	d, err := findDatabase(dbs, opts.database)
 	if err != nil {
-		return trace.Wrap(err)
+		return nil, trace.Wrap(err)
 	}
 	switch d.GetProtocol() {
 	case protocolPostgres, protocolMySQL:
 	default:
-		return trace.BadParameter("database %s has protocol %q, which the tunnel cannot carry", d.GetName(), d.GetProtocol())
+		return nil, trace.BadParameter("database %s has protocol %q, which the tunnel cannot carry", d.GetName(), d.GetProtocol())
 	}
 	user, name, err := routeDefaults(d, opts.user, opts.name)
 	if err != nil {
-		return trace.Wrap(err)
+		return nil, trace.Wrap(err)
 	}
 	role, err := a.sessionMFARole(ctx, p, clt, opts.database, user, name)
 	if err != nil {
-		return trace.Wrap(err)
+		return nil, trace.Wrap(err)
 	}
 	var first *dbCert
 	if role != "" {
@@ -128,7 +146,7 @@ func (a *app) proxyDB(ctx context.Context, opts proxyDBOptions) error {
 		first, err = a.issueDBCert(ctx, p, clt, opts.database, user, name, opts.certTTL)
 	}
 	if err != nil {
-		return trace.Wrap(err)
+		return nil, trace.Wrap(err)
 	}
 
 	level := slog.LevelInfo
@@ -139,7 +157,7 @@ func (a *app) proxyDB(ctx context.Context, opts proxyDBOptions) error {
 	home, proxy := client.Home(), p.Proxy
 	// Reloaded each time so a "sigil login" done meanwhile is used.
 	loginClient := func() (*client.Profile, *client.Client, error) {
-		p, err := client.LoadProfile(home, proxy)
+		p, err := a.reloadProfile(home, proxy)
 		if err != nil {
 			return nil, nil, trace.Wrap(err)
 		}
@@ -182,13 +200,13 @@ func (a *app) proxyDB(ctx context.Context, opts proxyDBOptions) error {
 		Logger: log,
 		Clock:  a.now,
 	}); err != nil {
-		return trace.Wrap(err)
+		return nil, trace.Wrap(err)
 	}
 	// The pinned CA of the profile, not one from a response: it is what
 	// the user agreed to trust.
 	pool, err := client.CertPoolFromPEM(p.Identity.TLSCAPEM)
 	if err != nil {
-		return trace.Wrap(err)
+		return nil, trace.Wrap(err)
 	}
 	tun, err := tunnel.New(tunnel.Config{
 		Protocol:    d.GetProtocol(),
@@ -199,26 +217,22 @@ func (a *app) proxyDB(ctx context.Context, opts proxyDBOptions) error {
 		Logger:      log,
 	})
 	if err != nil {
-		return trace.Wrap(err, "starting the local listener (is port %d free?)", opts.port)
+		return nil, trace.Wrap(err, "starting the local listener (is port %d free?)", opts.port)
 	}
 	_, port, _ := net.SplitHostPort(tun.Addr().String())
 	if d.GetProtocol() == protocolMySQL {
 		// --skip-ssl: the leg to the gateway is the encrypted one, and
 		// newer clients would otherwise insist on TLS to 127.0.0.1.
-		fmt.Fprintf(a.stdout, `Tunnel for database %s (db user %q, db name %q) listening on %s
+		return &dbTunnel{Tunnel: tun, howTo: fmt.Sprintf(`Tunnel for database %s (db user %q, db name %q) listening on %s
 Connect without TLS or password, e.g.:
   mariadb -h 127.0.0.1 -P %s -u %s --skip-ssl %s
   %s
-Press Ctrl-C to stop.
-`, opts.database, user, name, tun.Addr(), port, shellQuote(user), shellQuote(name), goMySQLDSN(user, tun.Addr().String(), name))
-		return trace.Wrap(tun.Serve(ctx))
+`, opts.database, user, name, tun.Addr(), port, shellQuote(user), shellQuote(name), goMySQLDSN(user, tun.Addr().String(), name))}, nil
 	}
 	dsn := url.URL{Scheme: "postgres", User: url.User(user), Host: tun.Addr().String(), Path: "/" + name, RawQuery: "sslmode=disable"}
-	fmt.Fprintf(a.stdout, `Tunnel for database %s (db user %q, db name %q) listening on %s
+	return &dbTunnel{Tunnel: tun, howTo: fmt.Sprintf(`Tunnel for database %s (db user %q, db name %q) listening on %s
 Connect without TLS or password, e.g.:
   psql 'host=127.0.0.1 port=%s user=%s dbname=%s sslmode=disable'
   %s
-Press Ctrl-C to stop.
-`, opts.database, user, name, tun.Addr(), port, connInfoQuote(user), connInfoQuote(name), dsn.String())
-	return trace.Wrap(tun.Serve(ctx))
+`, opts.database, user, name, tun.Addr(), port, connInfoQuote(user), connInfoQuote(name), dsn.String())}, nil
 }

@@ -26,7 +26,7 @@ when the certificate expires. Exits 1 when you are not logged in.`,
   sigil status --format json | jq -r .valid_until`,
 		Args: cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
-			p, err := client.CurrentProfile(client.Home())
+			p, err := a.currentProfile()
 			if err != nil {
 				return trace.Wrap(err)
 			}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -40,16 +41,6 @@ func parseTraitFlags(s string) (map[string]string, error) {
 	return out, nil
 }
 
-func splitList(s string) []string {
-	var out []string
-	for _, x := range strings.Split(s, ",") {
-		if x = strings.TrimSpace(x); x != "" {
-			out = append(out, x)
-		}
-	}
-	return out
-}
-
 func (e *env) usersCommand() *cobra.Command {
 	users := &cobra.Command{Use: "users", Short: "Manage local users"}
 	var roles, traits string
@@ -75,7 +66,7 @@ A value with commas continues the previous trait: logins=alice,root,db_users=rea
 			}
 			defer clt.Close()
 			resp, err := clt.Users.AddUser(cmd.Context(), connect.NewRequest(&sigilv1.AddUserRequest{
-				Name: args[0], Roles: splitList(roles), Traits: tr,
+				Name: args[0], Roles: cli.SplitList(roles), Traits: tr,
 			}))
 			if err != nil {
 				return trace.Wrap(err)
@@ -123,7 +114,7 @@ A value with commas continues the previous trait: logins=alice,root,db_users=rea
 			}
 			defer clt.Close()
 			if _, err := clt.Users.UpdateUser(cmd.Context(), connect.NewRequest(&sigilv1.UpdateUserRequest{
-				Name: args[0], SetRoles: splitList(setRoles), SetTraits: tr,
+				Name: args[0], SetRoles: cli.SplitList(setRoles), SetTraits: tr,
 			})); err != nil {
 				return trace.Wrap(err)
 			}
@@ -211,15 +202,22 @@ func (e *env) tokensCommand() *cobra.Command {
 			}
 			defer clt.Close()
 			resp, err := clt.Tokens.AddToken(cmd.Context(), connect.NewRequest(&sigilv1.AddTokenRequest{
-				Kind: kind, Name: name, Roles: splitList(roles), TtlSeconds: int64(ttl / time.Second), OnBehalfOf: onBehalfOf,
+				Kind: kind, Name: name, Roles: cli.SplitList(roles), TtlSeconds: int64(ttl / time.Second), OnBehalfOf: onBehalfOf,
 			}))
 			if err != nil {
 				return trace.Wrap(err)
 			}
-			if e.format != cli.FormatText {
-				return cli.Write(e.stdout, e.format, map[string]string{"token": resp.Msg.Token, "kind": kind, "name": name})
+			// The CA fingerprint lets the bot verify the gateway on first
+			// contact without a CA file.
+			fp := ""
+			if ca, err := clt.Auth.ExportCA(cmd.Context(), connect.NewRequest(&sigilv1.ExportCARequest{Type: "tls-ca"})); err == nil {
+				fp = ca.Msg.Fingerprint
 			}
-			fmt.Fprintf(e.stdout, "Join token for %s %q (valid %s):\n\n  %s\n", kind, name, ttl, resp.Msg.Token)
+			start := fmt.Sprintf("sigil bot start --token %s --proxy %s --ca-fingerprint %s --dest ./%s", resp.Msg.Token, e.proxyAddr(), fp, name)
+			if e.format != cli.FormatText {
+				return cli.Write(e.stdout, e.format, map[string]string{"token": resp.Msg.Token, "kind": kind, "name": name, "ca_fingerprint": fp, "start": start})
+			}
+			fmt.Fprintf(e.stdout, "Join token for %s %q (usable once within %s):\n\n  %s\n\nOn the %s's host:\n\n  %s\n", kind, name, ttl, resp.Msg.Token, kind, start)
 			return nil
 		},
 	}
@@ -249,6 +247,57 @@ func (e *env) tokensCommand() *cobra.Command {
 	}
 	tokens.AddCommand(add, ls, rm)
 	return tokens
+}
+
+func (e *env) botsCommand() *cobra.Command {
+	bots := &cobra.Command{Use: "bots", Short: "List and remove joined bots and AI agents"}
+	ls := &cobra.Command{
+		Use:   "ls",
+		Short: "List joined bots and agents with their certificate generation",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			clt, err := e.client()
+			if err != nil {
+				return trace.Wrap(err)
+			}
+			defer clt.Close()
+			resp, err := clt.Join.ListBots(cmd.Context(), connect.NewRequest(&sigilv1.ListBotsRequest{}))
+			if err != nil {
+				return trace.Wrap(err)
+			}
+			if e.format != cli.FormatText {
+				return cli.Write(e.stdout, e.format, resp.Msg.Bots)
+			}
+			rows := make([][]string, 0, len(resp.Msg.Bots))
+			for _, b := range resp.Msg.Bots {
+				renewed := "-"
+				if b.Renewed != nil {
+					renewed = b.Renewed.AsTime().UTC().Format(time.RFC3339)
+				}
+				rows = append(rows, []string{b.Name, b.Kind, strings.Join(b.Roles, ","), b.OnBehalfOf, strconv.FormatUint(b.Generation, 10), b.Joined.AsTime().UTC().Format(time.RFC3339), renewed})
+			}
+			return cli.Table(e.stdout, []string{"NAME", "KIND", "ROLES", "ON BEHALF OF", "GENERATION", "JOINED", "RENEWED"}, rows)
+		},
+	}
+	rm := &cobra.Command{
+		Use:   "rm NAME",
+		Short: "Forget a bot or agent: it can no longer renew (lock it to cut it off at once)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			clt, err := e.client()
+			if err != nil {
+				return trace.Wrap(err)
+			}
+			defer clt.Close()
+			if _, err := clt.Join.RemoveBot(cmd.Context(), connect.NewRequest(&sigilv1.RemoveBotRequest{Name: args[0]})); err != nil {
+				return trace.Wrap(err)
+			}
+			fmt.Fprintf(e.stdout, "Bot %q removed; its current certificate works until it expires (\"sigilctl lock --bot %s\" cuts it off now).\n", args[0], args[0])
+			return nil
+		},
+	}
+	bots.AddCommand(ls, rm)
+	return bots
 }
 
 func (e *env) lockCommands() []*cobra.Command {

@@ -14,12 +14,13 @@ import (
 	"github.com/sigilhq/sigil/api/client"
 	sigilv1 "github.com/sigilhq/sigil/api/gen/sigil/v1"
 	"github.com/sigilhq/sigil/api/types"
+	"github.com/sigilhq/sigil/tools/internal/cli"
 )
 
 // parseLabels turns env=dev,team=db into a map.
 func parseLabels(s string) (map[string]string, error) {
 	out := map[string]string{}
-	for _, part := range splitList(s) {
+	for _, part := range cli.SplitList(s) {
 		k, v, ok := strings.Cut(part, "=")
 		if !ok || strings.TrimSpace(k) == "" {
 			return nil, trace.BadParameter("--labels: %q is not k=v", part)
@@ -150,7 +151,7 @@ In sshd_config:
 				return trace.BadParameter("--out DIR is required")
 			}
 			if format == "openssh" {
-				return e.signOpenSSH(cmd.Context(), splitList(hosts), out, ttl)
+				return e.signOpenSSH(cmd.Context(), cli.SplitList(hosts), out, ttl)
 			}
 			clt, err := e.client()
 			if err != nil {
@@ -158,7 +159,7 @@ In sshd_config:
 			}
 			defer clt.Close()
 			resp, err := clt.Databases.SignDatabaseServer(cmd.Context(), connect.NewRequest(&sigilv1.SignDatabaseServerRequest{
-				Format: format, Hosts: splitList(hosts), TtlSeconds: int64(ttl / time.Second),
+				Format: format, Hosts: cli.SplitList(hosts), TtlSeconds: int64(ttl / time.Second),
 			}))
 			if err != nil {
 				return trace.Wrap(err)

@@ -67,7 +67,7 @@ uses your current "sigil login" profile, which must hold an admin role.`,
 	root.AddCommand(
 		e.resourceCommands()...,
 	)
-	root.AddCommand(e.usersCommand(), e.tokensCommand(), e.authCommand(), e.auditCommand(), e.dbCommand(), e.nodesCommand(), e.statusCommand(), e.versionCommand())
+	root.AddCommand(e.usersCommand(), e.tokensCommand(), e.botsCommand(), e.authCommand(), e.auditCommand(), e.dbCommand(), e.nodesCommand(), e.statusCommand(), e.versionCommand())
 	root.AddCommand(e.lockCommands()...)
 	root.AddCommand(e.requestsCommand())
 	if err := root.ExecuteContext(ctx); err != nil {
@@ -113,6 +113,16 @@ func (e *env) identity() (*client.Identity, error) {
 		return nil, trace.NotFound("the current sigil profile has no certificate: run \"sigil login\"")
 	}
 	return p.Identity, nil
+}
+
+// proxyAddr is the gateway address of the resolved identity, for the
+// commands sigilctl prints.
+func (e *env) proxyAddr() string {
+	id, err := e.identity()
+	if err != nil {
+		return "HOST:PORT"
+	}
+	return id.Proxy
 }
 
 // client connects with the resolved identity.

@@ -108,3 +108,14 @@ func Traits(traits map[string][]string) string {
 	}
 	return strings.Join(parts, " ")
 }
+
+// SplitList splits a comma-separated flag value, dropping blanks.
+func SplitList(s string) []string {
+	var out []string
+	for _, x := range strings.Split(s, ",") {
+		if x = strings.TrimSpace(x); x != "" {
+			out = append(out, x)
+		}
+	}
+	return out
+}

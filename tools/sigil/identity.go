@@ -1,0 +1,53 @@
+package main
+
+import (
+	"github.com/gravitational/trace"
+
+	"github.com/sigilhq/sigil/api/client"
+	"github.com/sigilhq/sigil/identity/certid"
+)
+
+// currentProfile is the profile every command acts as: the identity
+// directory given with --identity, else the current login profile.
+func (a *app) currentProfile() (*client.Profile, error) {
+	if a.identityDir == "" {
+		return client.CurrentProfile(client.Home())
+	}
+	return profileFromIdentityDir(a.identityDir)
+}
+
+// profileFromIdentityDir reads an identity directory and describes it as a
+// profile; who it is comes from the certificate itself.
+func profileFromIdentityDir(dir string) (*client.Profile, error) {
+	id, err := client.LoadIdentityDir(dir)
+	if err != nil {
+		return nil, trace.Wrap(err, "reading the identity in %s (written by \"sigil bot start --dest %s\")", dir, dir)
+	}
+	cert, err := id.Certificate()
+	if err != nil {
+		return nil, trace.Wrap(err)
+	}
+	who, err := certid.FromCertificate(cert)
+	if err != nil {
+		return nil, trace.Wrap(err, "the certificate in %s carries no Sigil identity", dir)
+	}
+	return &client.Profile{
+		Proxy:    id.Proxy,
+		User:     who.Name,
+		Kind:     string(who.Kind),
+		Roles:    who.Roles,
+		Traits:   who.Traits,
+		Expires:  cert.NotAfter,
+		Dir:      dir,
+		Identity: id,
+	}, nil
+}
+
+// reloadProfile reads the profile again (for long-running commands): a
+// "sigil login" or a bot renewal done meanwhile is picked up.
+func (a *app) reloadProfile(home, proxy string) (*client.Profile, error) {
+	if a.identityDir != "" {
+		return profileFromIdentityDir(a.identityDir)
+	}
+	return client.LoadProfile(home, proxy)
+}
