@@ -51,3 +51,20 @@ func (a *app) reloadProfile(home, proxy string) (*client.Profile, error) {
 	}
 	return client.LoadProfile(home, proxy)
 }
+
+// freshClient reloads the profile (a "sigil login" or a bot renewal done
+// meanwhile is picked up) and returns a client authenticated with it.
+func (a *app) freshClient(home, proxy string) (*client.Profile, *client.Client, error) {
+	p, err := a.reloadProfile(home, proxy)
+	if err != nil {
+		return nil, nil, trace.Wrap(err)
+	}
+	if err := a.checkLoginValid(p); err != nil {
+		return nil, nil, trace.Wrap(err)
+	}
+	clt, err := client.NewFromIdentity(p.Identity, a.timeout)
+	if err != nil {
+		return nil, nil, trace.Wrap(err)
+	}
+	return p, clt, nil
+}

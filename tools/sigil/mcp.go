@@ -153,24 +153,7 @@ func (a *app) mcpDB(ctx context.Context, opts mcpDBOptions) error {
 		level = slog.LevelDebug
 	}
 	log := slog.New(slog.NewTextHandler(a.stderr, &slog.HandlerOptions{Level: level})).With("database", opts.database)
-	home, proxy := client.Home(), p.Proxy
-	certs, err := tunnel.NewRenewingCerts(tunnel.RenewingCertsConfig{
-		Initial: &first.pair,
-		Issue: func(ctx context.Context) (*tls.Certificate, error) {
-			p, clt, err := a.freshClient(home, proxy)
-			if err != nil {
-				return nil, trace.Wrap(err)
-			}
-			defer clt.Close()
-			c, err := a.issueDBCert(ctx, p, clt, opts.database, user, name, 0)
-			if err != nil {
-				return nil, trace.Wrap(err)
-			}
-			return &c.pair, nil
-		},
-		Logger: log,
-		Clock:  a.now,
-	})
+	certs, err := a.renewingDBCerts(first, p.Proxy, opts.database, user, name, 0, log)
 	if err != nil {
 		return trace.Wrap(err)
 	}
@@ -212,7 +195,7 @@ func (a *app) mcpDB(ctx context.Context, opts mcpDBOptions) error {
 		log:          log,
 		dial:         target.dialPostgres,
 		listDatabases: func(ctx context.Context) ([]*sigilv1.DatabaseInfo, error) {
-			p, clt, err := a.freshClient(home, proxy)
+			p, clt, err := a.freshClient(client.Home(), p.Proxy)
 			if err != nil {
 				return nil, trace.Wrap(err)
 			}
@@ -290,23 +273,6 @@ func (a *app) mcpRoute(ctx context.Context, opts mcpDBOptions) (*client.Profile,
 		return nil, mcpBinding{}, nil, trace.Wrap(err)
 	}
 	return p, mcpBinding{Database: opts.database, Protocol: d.GetProtocol(), DBUser: user, DBName: name}, first, nil
-}
-
-// freshClient reloads the profile (a "sigil login" or a bot renewal done
-// meanwhile is picked up) and returns a client authenticated with it.
-func (a *app) freshClient(home, proxy string) (*client.Profile, *client.Client, error) {
-	p, err := a.reloadProfile(home, proxy)
-	if err != nil {
-		return nil, nil, trace.Wrap(err)
-	}
-	if err := a.checkLoginValid(p); err != nil {
-		return nil, nil, trace.Wrap(err)
-	}
-	clt, err := client.NewFromIdentity(p.Identity, a.timeout)
-	if err != nil {
-		return nil, nil, trace.Wrap(err)
-	}
-	return p, clt, nil
 }
 
 type nopWriteCloser struct{ io.Writer }

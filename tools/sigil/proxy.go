@@ -155,24 +155,12 @@ func (a *app) openDBTunnel(ctx context.Context, opts proxyDBOptions) (*dbTunnel,
 	}
 	log := slog.New(slog.NewTextHandler(a.stderr, &slog.HandlerOptions{Level: level})).With("database", opts.database)
 	home, proxy := client.Home(), p.Proxy
-	// Reloaded each time so a "sigil login" done meanwhile is used.
-	loginClient := func() (*client.Profile, *client.Client, error) {
-		p, err := a.reloadProfile(home, proxy)
-		if err != nil {
-			return nil, nil, trace.Wrap(err)
-		}
-		if err := a.checkLoginValid(p); err != nil {
-			return nil, nil, trace.Wrap(err)
-		}
-		clt, err := client.NewFromIdentity(p.Identity, a.timeout)
-		return p, clt, trace.Wrap(err)
-	}
 	var certs tunnel.CertSource
 	if role != "" {
 		// Each certificate opens sessions for a minute only: the tunnel
 		// keeps it for new connections meanwhile, then asks again.
 		certs = newMFACerts(&first.pair, func(ctx context.Context) (*tls.Certificate, error) {
-			p, clt, err := loginClient()
+			p, clt, err := a.freshClient(home, proxy)
 			if err != nil {
 				return nil, trace.Wrap(err)
 			}
@@ -183,23 +171,7 @@ func (a *app) openDBTunnel(ctx context.Context, opts proxyDBOptions) (*dbTunnel,
 			}
 			return &c.pair, nil
 		}, log, a.now)
-	} else if certs, err = tunnel.NewRenewingCerts(tunnel.RenewingCertsConfig{
-		Initial: &first.pair,
-		Issue: func(ctx context.Context) (*tls.Certificate, error) {
-			p, clt, err := loginClient()
-			if err != nil {
-				return nil, trace.Wrap(err)
-			}
-			defer clt.Close()
-			c, err := a.issueDBCert(ctx, p, clt, opts.database, user, name, opts.certTTL)
-			if err != nil {
-				return nil, trace.Wrap(err)
-			}
-			return &c.pair, nil
-		},
-		Logger: log,
-		Clock:  a.now,
-	}); err != nil {
+	} else if certs, err = a.renewingDBCerts(first, proxy, opts.database, user, name, opts.certTTL, log); err != nil {
 		return nil, trace.Wrap(err)
 	}
 	// The pinned CA of the profile, not one from a response: it is what
@@ -235,4 +207,29 @@ Connect without TLS or password, e.g.:
   psql 'host=127.0.0.1 port=%s user=%s dbname=%s sslmode=disable'
   %s
 `, opts.database, user, name, tun.Addr(), port, connInfoQuote(user), connInfoQuote(name), dsn.String())}, nil
+}
+
+// renewingDBCerts keeps a database certificate renewed from the profile
+// (reloaded each time, so a "sigil login" or a bot renewal done meanwhile
+// is used), starting with first.
+func (a *app) renewingDBCerts(first *dbCert, proxy, database, user, name string, ttl time.Duration, log *slog.Logger) (*tunnel.RenewingCerts, error) {
+	home := client.Home()
+	certs, err := tunnel.NewRenewingCerts(tunnel.RenewingCertsConfig{
+		Initial: &first.pair,
+		Issue: func(ctx context.Context) (*tls.Certificate, error) {
+			p, clt, err := a.freshClient(home, proxy)
+			if err != nil {
+				return nil, trace.Wrap(err)
+			}
+			defer clt.Close()
+			c, err := a.issueDBCert(ctx, p, clt, database, user, name, ttl)
+			if err != nil {
+				return nil, trace.Wrap(err)
+			}
+			return &c.pair, nil
+		},
+		Logger: log,
+		Clock:  a.now,
+	})
+	return certs, trace.Wrap(err)
 }
