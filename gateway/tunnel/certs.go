@@ -140,7 +140,7 @@ func (r *RenewingCerts) Renew(ctx context.Context) {
 	log := r.cfg.Logger
 	for {
 		wait := r.current.Load().renewAt().Sub(r.cfg.Clock())
-		if !sleep(ctx, wait) {
+		if !Sleep(ctx, wait) {
 			return
 		}
 		cert, err := r.cfg.Issue(ctx)
@@ -167,14 +167,15 @@ func (r *RenewingCerts) Renew(ctx context.Context) {
 		cur := r.current.Load().cert.Leaf.NotAfter
 		log.ErrorContext(ctx, "Cannot renew the database certificate; open connections keep working, new ones fail once it expires.",
 			"error", trace.UserMessage(err), "expires", cur.UTC().Format(time.RFC3339), "retry_in", r.cfg.RetryInterval.String())
-		if !sleep(ctx, r.cfg.RetryInterval) {
+		if !Sleep(ctx, r.cfg.RetryInterval) {
 			return
 		}
 	}
 }
 
-// sleep waits d (returning at once if d <= 0); false means ctx ended.
-func sleep(ctx context.Context, d time.Duration) bool {
+// Sleep waits d (returning at once if d <= 0); false means ctx ended.
+// Renewal loops (here and in "sigil bot start") wait with it.
+func Sleep(ctx context.Context, d time.Duration) bool {
 	if d <= 0 {
 		return ctx.Err() == nil
 	}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/sigilhq/sigil/api/client"
 	sigilv1 "github.com/sigilhq/sigil/api/gen/sigil/v1"
+	"github.com/sigilhq/sigil/gateway/tunnel"
 	"github.com/sigilhq/sigil/identity/certid"
 	"github.com/sigilhq/sigil/tools/internal/cli"
 )
@@ -320,7 +321,7 @@ func (b *botRunner) renewLoop(ctx context.Context) error {
 			return trace.Wrap(err)
 		}
 		wait := renewAt(cert).Sub(b.a.now())
-		if !pause(ctx, wait) {
+		if !tunnel.Sleep(ctx, wait) {
 			return nil
 		}
 		id, err := b.renew(ctx)
@@ -337,27 +338,12 @@ func (b *botRunner) renewLoop(ctx context.Context) error {
 			}
 			retry := min(max(left/10, time.Second), 30*time.Second)
 			b.log().WarnContext(ctx, "Renewal failed; retrying.", "error", errorMessage(err), "retry_in", retry)
-			if !pause(ctx, retry) {
+			if !tunnel.Sleep(ctx, retry) {
 				return nil
 			}
 			id, err = b.renew(ctx)
 		}
 		b.log().InfoContext(ctx, "Renewed.", "generation", id.Generation, "expires", id.Expires.UTC().Format(time.RFC3339))
-	}
-}
-
-// pause waits d or until ctx ends; false when ctx ended.
-func pause(ctx context.Context, d time.Duration) bool {
-	if d <= 0 {
-		return ctx.Err() == nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
 	}
 }
 
