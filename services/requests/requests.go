@@ -268,8 +268,10 @@ func (s *Service) Review(ctx context.Context, p ReviewParams) (*Request, error) 
 	if p.Reviewer == nil || p.Checker == nil {
 		return nil, trace.BadParameter("requests: missing reviewer")
 	}
-	if p.Reviewer.Kind != certid.KindHuman {
-		return nil, trace.AccessDenied("only people review access requests; %q is a %s", p.Reviewer.Name, p.Reviewer.Kind)
+	// The daemon host's sigilctl identity is a bot acting for an admin;
+	// an AI agent never reviews.
+	if p.Reviewer.Kind == certid.KindAgent {
+		return nil, trace.AccessDenied("AI agents cannot review access requests; %q is an agent", p.Reviewer.Name)
 	}
 	if len(p.Reason) > MaxReasonLen {
 		return nil, trace.BadParameter("--reason: longer than %d characters", MaxReasonLen)

@@ -138,6 +138,13 @@ func TestReviewRules(t *testing.T) {
 	if _, err := review(human("alice", "dev", "lead"), checkerFor(t, "dev", "lead"), true, false); err == nil || !strings.Contains(err.Error(), "cannot review your own") {
 		t.Fatalf("self review: %v", err)
 	}
+	agent := &certid.Identity{Name: "copilot", Kind: certid.KindAgent, Roles: []string{"lead"}}
+	if _, err := review(agent, lead, true, false); err == nil || !strings.Contains(err.Error(), "AI agents cannot review") {
+		t.Fatalf("review by an agent: %v", err)
+	}
+	if _, err := s.Create(ctx, CreateParams{Requester: agent, Checker: checkerFor(t, "dev"), Roles: []string{"dba"}}); err == nil || !strings.Contains(err.Error(), "AI agents cannot request") {
+		t.Fatalf("request by an agent: %v", err)
+	}
 	if _, err := review(human("mallory", "dev"), checkerFor(t, "dev"), true, false); err == nil || !strings.Contains(err.Error(), `review of role "dba" denied`) {
 		t.Fatalf("review without a reviewing role: %v", err)
 	}
