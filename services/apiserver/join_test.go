@@ -3,6 +3,7 @@ package apiserver_test
 import (
 	"context"
 	"crypto/ecdsa"
+	"strings"
 	"testing"
 	"time"
 
@@ -116,6 +117,27 @@ func TestJoinAndRenew(t *testing.T) {
 	must(t, err)
 	if len(list.Msg.Bots) != 1 || list.Msg.Bots[0].Generation != 2 {
 		t.Fatalf("ListBots = %v", list.Msg.Bots)
+	}
+}
+
+// A stolen certificate that has expired renews nothing: the TLS handshake
+// refuses it before the generation is even looked at.
+func TestExpiredBotCertCannotRenew(t *testing.T) {
+	e := newEnv(t, withBots(t))
+	ctx := context.Background()
+	tok, err := e.admin().Tokens.AddToken(ctx, connect.NewRequest(&sigilv1.AddTokenRequest{
+		Kind: types.TokenKindAgent, Name: "copilot", Roles: []string{types.RoleAccess}, TtlSeconds: 600,
+	}))
+	must(t, err)
+	agent, _, err := e.join(tok.Msg.Token)
+	must(t, err)
+	e.clock.Advance(apiserver.DefaultBotCertTTL + time.Minute)
+	_, _, err = e.renew(agent)
+	if err == nil {
+		t.Fatal("an expired certificate renewed")
+	}
+	if !strings.Contains(err.Error(), "certificate") {
+		t.Fatalf("renewal with an expired certificate: %v", err)
 	}
 }
 
