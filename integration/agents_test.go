@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -223,7 +224,8 @@ func TestAgentWriteApprovals(t *testing.T) {
 	if tag, err := conn.Exec(ctx, insert); err != nil || tag.RowsAffected() != 1 {
 		t.Fatalf("approved INSERT: %v %v", tag, err)
 	}
-	if second := refusedWith(insert); second == id {
+	second := refusedWith(insert)
+	if second == id {
 		t.Fatalf("the approval %s was used twice", id)
 	}
 	refusedWith("INSERT INTO items VALUES (901, 'not approved')")
@@ -243,6 +245,45 @@ func TestAgentWriteApprovals(t *testing.T) {
 		}
 		return nil
 	})
+	// Bob approves the second one in the web console: the statement runs
+	// once more.
+	b := testenv.NewBrowser(t, e.readCA())
+	page := b.Submit(b.Get("https://"+e.d.Addr+"/web/login"), map[string]string{"user": "bob", "password": alicePassword})
+	page = b.Get(page.URL.Scheme + "://" + page.URL.Host + "/web/writes")
+	if !strings.Contains(page.Body, "INSERT INTO items VALUES (900") || !strings.Contains(page.Body, "copilot") {
+		t.Fatalf("the console's Agent writes page lacks the pending write (%s, %d):\n%s", page.URL, page.Status, page.Body)
+	}
+	var approved bool
+	for _, f := range page.Forms {
+		if strings.HasSuffix(f.Action, "/web/writes/"+second+"/review") {
+			vals := f.Values
+			vals.Set("decision", "approve")
+			vals.Set("reason", "from the console")
+			if res := b.Post(page, f, vals); res.Status != http.StatusOK {
+				t.Fatalf("console approval: %d\n%s", res.Status, res.Body)
+			}
+			approved = true
+		}
+	}
+	if !approved {
+		t.Fatalf("no review form for %s on /web/writes:\n%s", second, page.Body)
+	}
+	if _, err := conn.Exec(ctx, "DELETE FROM items WHERE id = 900"); err == nil {
+		t.Fatal("a DELETE ran on the INSERT's approval")
+	}
+	if tag, err := conn.Exec(ctx, "INSERT INTO items VALUES (900, 'by copilot') ON CONFLICT DO NOTHING"); err == nil {
+		t.Fatalf("a different statement ran on the INSERT's approval: %v", tag)
+	}
+	if _, err := conn.Exec(ctx, "DELETE FROM items WHERE id = 900"); err == nil {
+		t.Fatal("DELETE without approval ran")
+	}
+	if _, err := conn.Exec(ctx, "  insert into ITEMS values (900, 'by copilot')"); err == nil {
+		t.Fatal("the console-approved INSERT ran although the row exists (primary key)")
+	} else if pgErr := (*pgconn.PgError)(nil); !errors.As(err, &pgErr) || pgErr.Code != "23505" {
+		// Same statement up to case and whitespace: the approval matched,
+		// and PostgreSQL itself refused the duplicate key.
+		t.Fatalf("the console-approved INSERT (normalised): %v, want 23505 from PostgreSQL", err)
+	}
 	if r := e.mustCtl("audit", "search", "--kind", "agent", "--since", "1h", "--format", "json"); !strings.Contains(r.Stdout, `"copilot"`) || strings.Contains(r.Stdout, `"user":"bob"`) {
 		t.Fatalf("audit search --kind agent:\n%s", r.Stdout)
 	}
