@@ -78,22 +78,7 @@ A value with commas continues the previous trait: logins=alice,root,db_users=rea
 	add.Flags().StringVar(&traits, "traits", "", "traits as k=v,... (e.g. logins=alice,root)")
 	_ = add.MarkFlagRequired("roles")
 
-	ls := &cobra.Command{
-		Use:   "ls",
-		Short: "List users",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return e.list(cmd, types.KindUser)
-		},
-	}
-	rm := &cobra.Command{
-		Use:   "rm NAME",
-		Short: "Remove a user (their certificates stay valid until they expire; lock them to cut access now)",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return e.remove(cmd, types.KindUser, args[0])
-		},
-	}
+	ls, rm := e.listRemoveCommands(types.KindUser, "List users", "rm NAME", "Remove a user (their certificates stay valid until they expire; lock them to cut access now)")
 	var setRoles, setTraits string
 	update := &cobra.Command{
 		Use:     "update NAME [--set-roles R1,R2] [--set-traits k=v,...]",
@@ -229,22 +214,7 @@ func (e *env) tokensCommand() *cobra.Command {
 	for _, f := range []string{"kind", "name", "roles"} {
 		_ = add.MarkFlagRequired(f)
 	}
-	ls := &cobra.Command{
-		Use:   "ls",
-		Short: "List join tokens",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return e.list(cmd, types.KindToken)
-		},
-	}
-	rm := &cobra.Command{
-		Use:   "rm TOKEN",
-		Short: "Revoke a join token",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return e.remove(cmd, types.KindToken, args[0])
-		},
-	}
+	ls, rm := e.listRemoveCommands(types.KindToken, "List join tokens", "rm TOKEN", "Revoke a join token")
 	tokens.AddCommand(add, ls, rm)
 	return tokens
 }

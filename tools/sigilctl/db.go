@@ -96,22 +96,7 @@ is not Sigil's DB CA.`,
 	add.Flags().BoolVar(&force, "force", false, "replace an existing database of that name")
 	_ = add.MarkFlagRequired("protocol")
 	_ = add.MarkFlagRequired("uri")
-	ls := &cobra.Command{
-		Use:   "ls",
-		Short: "List registered databases",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return e.list(cmd, types.KindDatabase)
-		},
-	}
-	rm := &cobra.Command{
-		Use:   "rm NAME",
-		Short: "Remove a database",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return e.remove(cmd, types.KindDatabase, args[0])
-		},
-	}
+	ls, rm := e.listRemoveCommands(types.KindDatabase, "List registered databases", "rm NAME", "Remove a database")
 	db.AddCommand(add, ls, rm)
 	return db
 }

@@ -80,22 +80,7 @@ spec.allow.logins.`,
 	add.Flags().StringVar(&description, "description", "", "free text shown in listings")
 	add.Flags().BoolVar(&force, "force", false, "replace an existing node of that name")
 	_ = add.MarkFlagRequired("addr")
-	ls := &cobra.Command{
-		Use:   "ls",
-		Short: "List registered nodes",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return e.list(cmd, types.KindNode)
-		},
-	}
-	rm := &cobra.Command{
-		Use:   "rm NAME",
-		Short: "Remove a node",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return e.remove(cmd, types.KindNode, args[0])
-		},
-	}
+	ls, rm := e.listRemoveCommands(types.KindNode, "List registered nodes", "rm NAME", "Remove a node")
 	nodes.AddCommand(add, ls, rm)
 	return nodes
 }

@@ -285,3 +285,25 @@ func printTable(w io.Writer, kind string, rs []types.Resource) error {
 	}
 	return cli.Table(w, header, rows)
 }
+
+// listRemoveCommands are the "ls" and "rm NAME" subcommands of the
+// commands for one resource kind (users, tokens, db, nodes).
+func (e *env) listRemoveCommands(kind, lsShort, rmUse, rmShort string) (ls, rm *cobra.Command) {
+	ls = &cobra.Command{
+		Use:   "ls",
+		Short: lsShort,
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return e.list(cmd, kind)
+		},
+	}
+	rm = &cobra.Command{
+		Use:   rmUse,
+		Short: rmShort,
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return e.remove(cmd, kind, args[0])
+		},
+	}
+	return ls, rm
+}
