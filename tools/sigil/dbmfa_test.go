@@ -31,8 +31,12 @@ func TestMFACertsAskAgain(t *testing.T) {
 	first := leafUntil(now.Add(time.Minute))
 	second := leafUntil(now.Add(3 * time.Minute))
 	asked := make(chan struct{}, 10)
+	// The check waits for the test to let it pass, as a person would:
+	// connections meanwhile are refused, however fast the machine.
+	release := make(chan struct{})
 	certs := newMFACerts(first, func(context.Context) (*tls.Certificate, error) {
 		asked <- struct{}{}
+		<-release
 		return second, nil
 	}, slog.New(slog.DiscardHandler), clock)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -56,6 +60,7 @@ func TestMFACertsAskAgain(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("no new MFA check was asked for")
 	}
+	close(release)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		c, err := certs.Current()
