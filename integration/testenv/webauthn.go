@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/descope/virtualwebauthn"
+	"github.com/sigilhq/sigil/identity/authn/webauthntest"
 )
 
 // VirtualKey is a software security key for WebAuthn ceremonies over
@@ -30,7 +31,7 @@ func NewVirtualKey(t testing.TB, origin string) *VirtualKey {
 	return &VirtualKey{
 		rp:   virtualwebauthn.RelyingParty{Name: "Sigil", ID: u.Hostname(), Origin: origin},
 		auth: virtualwebauthn.NewAuthenticator(),
-		cred: virtualwebauthn.NewCredential(virtualwebauthn.KeyTypeEC2),
+		cred: webauthntest.NewEC2Credential(),
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	"github.com/pquerna/otp/totp"
 
 	"github.com/sigilhq/sigil/identity/authn"
+	"github.com/sigilhq/sigil/identity/authn/webauthntest"
 	"github.com/sigilhq/sigil/identity/ca"
 	"github.com/sigilhq/sigil/services/mfa"
 	"github.com/sigilhq/sigil/services/storage/badger"
@@ -77,7 +78,7 @@ func newKey() *key {
 	return &key{
 		rp:   virtualwebauthn.RelyingParty{Name: "Sigil", ID: "localhost", Origin: origin},
 		auth: virtualwebauthn.NewAuthenticator(),
-		cred: virtualwebauthn.NewCredential(virtualwebauthn.KeyTypeEC2),
+		cred: webauthntest.NewEC2Credential(),
 	}
 }
 
