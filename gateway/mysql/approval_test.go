@@ -8,65 +8,17 @@ import (
 	"net"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/sigilhq/sigil/audit"
 	"github.com/sigilhq/sigil/gateway/session"
+	"github.com/sigilhq/sigil/gateway/session/sessiontest"
 	"github.com/sigilhq/sigil/gateway/sqlpolicy"
 )
 
-// fakeApprover stands in for session.ApproveWrite: an approval per
-// fingerprint, pending until the test approves it, used once.
-type fakeApprover struct {
-	mu       sync.Mutex
-	reqs     []approveReq
-	approved map[string]bool
-}
-
-type approveReq struct{ statement, fingerprint, class string }
-
-func (f *fakeApprover) approve(_ context.Context, statement, fingerprint, class string) (string, string, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.reqs = append(f.reqs, approveReq{statement, fingerprint, class})
-	id := "appr-" + fingerprint[:12]
-	if f.approved[fingerprint] {
-		delete(f.approved, fingerprint)
-		return id, "bob", nil
-	}
-	return "", "", &session.ApprovalError{ID: id, Message: "sigil: write needs a human approval: approval " + id + " is pending"}
-}
-
-// approveLast approves the statement last asked about and returns its id.
-func (f *fakeApprover) approveLast(t *testing.T) string {
-	t.Helper()
-	r := f.last(t)
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.approved[r.fingerprint] = true
-	return "appr-" + r.fingerprint[:12]
-}
-
-func (f *fakeApprover) last(t *testing.T) approveReq {
-	t.Helper()
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if len(f.reqs) == 0 {
-		t.Fatal("no approval was asked for")
-	}
-	return f.reqs[len(f.reqs)-1]
-}
-
-func (f *fakeApprover) count() int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return len(f.reqs)
-}
-
 type approvalEnv struct {
 	*relayEnv
-	approver     *fakeApprover
+	approver     *sessiontest.Approver
 	deprecateEOF bool
 }
 
@@ -80,7 +32,7 @@ func startApprovalRelay(t *testing.T, deprecateEOF bool) *approvalEnv {
 	gwUp, srv := net.Pipe()
 	e := &approvalEnv{
 		relayEnv:     &relayEnv{rec: &recorder{}, done: make(chan struct{}), stats: make(chan session.Stats, 1)},
-		approver:     &fakeApprover{approved: map[string]bool{}},
+		approver:     sessiontest.NewApprover(),
 		deprecateEOF: deprecateEOF,
 	}
 	r := newRelay(relayConfig{
@@ -92,7 +44,7 @@ func startApprovalRelay(t *testing.T, deprecateEOF bool) *approvalEnv {
 		findKill:     func(uint64) *killEntry { return nil },
 		done:         e.done,
 		doneErr:      func() error { return nil },
-		approve:      e.approver.approve,
+		approve:      e.approver.Approve,
 		deprecateEOF: deprecateEOF,
 	}, bufio.NewReaderSize(gwClient, clientBufferSize), gwUp, gwClient)
 	go func() { e.stats <- r.run(context.Background(), gwUp) }()
@@ -165,28 +117,28 @@ func TestApprovalQuery(t *testing.T) {
 	const w = "insert into items values (1); update items set name = 'x' where id = 2"
 	e.client.send(t, 0, query("select 1; "+w))
 	pk := e.client.next(t)
-	id := "appr-" + e.approver.last(t).fingerprint[:12]
+	id := sessiontest.ID(e.approver.Last(t).Fingerprint)
 	wantErr(t, pk, 1, erTableAccessDenied, "sigil: write needs a human approval: approval "+id+" is pending")
 	e.server.none(t)
 	if d := e.lastDenied(t); d.Details["approval_id"] != id || d.Statement != "select 1; "+w {
 		t.Fatalf("denied event = %v", d)
 	}
-	if r := e.approver.last(t); r.statement != "select 1; "+w || r.class != "write" {
+	if r := e.approver.Last(t); r.Statement != "select 1; "+w || r.Class != "write" {
 		t.Fatalf("approval asked for %+v", r)
 	}
 
 	// Still usable, and reads need no approval.
-	n := e.approver.count()
+	n := e.approver.Count()
 	e.client.send(t, 0, query("select 2"))
 	if pk := e.server.next(t); string(pk.payload) != "\x03select 2" {
 		t.Fatalf("server got %q", pk.payload)
 	}
 	e.ok(t)
-	if e.approver.count() != n {
+	if e.approver.Count() != n {
 		t.Fatal("a read asked for an approval")
 	}
 
-	e.approver.approveLast(t)
+	e.approver.ApproveLast(t)
 	// The whole text, written differently, is what was approved; it runs
 	// once.
 	again := "SELECT 1;\nINSERT INTO items VALUES (1); UPDATE items SET name='x' WHERE id=2 -- approved"
@@ -219,21 +171,21 @@ func TestApprovalPreparedStatement(t *testing.T) {
 
 	e.client.send(t, 0, execute(9, "five"))
 	pk := e.client.next(t)
-	id := "appr-" + e.approver.last(t).fingerprint[:12]
+	id := sessiontest.ID(e.approver.Last(t).Fingerprint)
 	wantErr(t, pk, 1, erTableAccessDenied, "approval "+id+" is pending")
 	e.server.none(t)
-	if r := e.approver.last(t); r.statement != text+"\n-- parameters: ?1 = 'five'" {
-		t.Fatalf("reviewers see %q", r.statement)
+	if r := e.approver.Last(t); r.Statement != text+"\n-- parameters: ?1 = 'five'" {
+		t.Fatalf("reviewers see %q", r.Statement)
 	}
 	if d := e.lastDenied(t); d.Details["approval_id"] != id || d.Details["protocol"] != "prepared" || d.Statement != text {
 		t.Fatalf("denied event = %v", d)
 	}
-	e.approver.approveLast(t)
+	e.approver.ApproveLast(t)
 
 	// Bound to the value.
 	e.client.send(t, 0, execute(9, "six"))
 	pk = e.client.next(t)
-	other := "appr-" + e.approver.last(t).fingerprint[:12]
+	other := sessiontest.ID(e.approver.Last(t).Fingerprint)
 	if other == id {
 		t.Fatal("different values share an approval")
 	}
@@ -262,14 +214,14 @@ func TestApprovalPreparedStatement(t *testing.T) {
 	e.server.none(t)
 
 	// A read needs no approval.
-	n := e.approver.count()
+	n := e.approver.Count()
 	e.client.send(t, 0, append([]byte{comStmtPrepare}, "select name from items where id = ?"...))
 	e.server.next(t)
 	e.prepareOK(t, 10, 1)
 	e.client.send(t, 0, execute(10, "1"))
 	e.server.next(t)
 	e.ok(t)
-	if e.approver.count() != n {
+	if e.approver.Count() != n {
 		t.Fatal("a read asked for an approval")
 	}
 
@@ -300,13 +252,13 @@ func testApprovalPipelinedExecute(t *testing.T, deprecateEOF bool) {
 	e.server.next(t)
 	// The execution waits for the server's answer to the prepare.
 	e.server.none(t)
-	if e.approver.count() != 0 {
+	if e.approver.Count() != 0 {
 		t.Fatal("decided before the statement was known")
 	}
 	e.prepareOK(t, 2, 1)
 	wantErr(t, e.client.next(t), 1, erTableAccessDenied, "write needs a human approval")
-	if r := e.approver.last(t); !strings.HasPrefix(r.statement, text) {
-		t.Fatalf("approval asked for %q, want %q", r.statement, text)
+	if r := e.approver.Last(t); !strings.HasPrefix(r.Statement, text) {
+		t.Fatalf("approval asked for %q, want %q", r.Statement, text)
 	}
 	e.server.none(t)
 }

@@ -17,60 +17,9 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/sigilhq/sigil/audit"
-	"github.com/sigilhq/sigil/gateway/session"
+	"github.com/sigilhq/sigil/gateway/session/sessiontest"
 	"github.com/sigilhq/sigil/gateway/sqlpolicy"
 )
-
-// fakeApprover stands in for session.ApproveWrite: an approval per
-// fingerprint, pending until the test approves it, used once.
-type fakeApprover struct {
-	mu       sync.Mutex
-	reqs     []approveReq
-	approved map[string]bool
-}
-
-type approveReq struct{ statement, fingerprint, class string }
-
-func (f *fakeApprover) approve(_ context.Context, statement, fingerprint, class string) (string, string, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.reqs = append(f.reqs, approveReq{statement, fingerprint, class})
-	id := "appr-" + fingerprint[:12]
-	if f.approved[fingerprint] {
-		delete(f.approved, fingerprint)
-		return id, "bob", nil
-	}
-	return "", "", &session.ApprovalError{ID: id, Message: "sigil: write needs a human approval: approval " + id + " is pending"}
-}
-
-// approveLast approves the statement last asked about and returns its id.
-func (f *fakeApprover) approveLast(t *testing.T) string {
-	t.Helper()
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if len(f.reqs) == 0 {
-		t.Fatal("no approval was asked for")
-	}
-	fp := f.reqs[len(f.reqs)-1].fingerprint
-	f.approved[fp] = true
-	return "appr-" + fp[:12]
-}
-
-func (f *fakeApprover) last(t *testing.T) approveReq {
-	t.Helper()
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if len(f.reqs) == 0 {
-		t.Fatal("no approval was asked for")
-	}
-	return f.reqs[len(f.reqs)-1]
-}
-
-func (f *fakeApprover) count() int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return len(f.reqs)
-}
 
 // approvalServer is a PostgreSQL peer that keeps the state that matters
 // here as the real server does: named statements (a duplicate Parse
@@ -182,7 +131,7 @@ func (s *approvalServer) serve(conn net.Conn) {
 type approvalHarness struct {
 	relayHarness
 	server   *approvalServer
-	approver *fakeApprover
+	approver *sessiontest.Approver
 	client   net.Conn
 }
 
@@ -196,11 +145,11 @@ func startApprovalRelay(t *testing.T, startup bool) *approvalHarness {
 	}
 	clientConn, gwClient := net.Pipe()
 	gwUp, serverConn := net.Pipe()
-	h := &approvalHarness{server: &approvalServer{stmts: map[string]string{}}, approver: &fakeApprover{approved: map[string]bool{}}, client: clientConn}
+	h := &approvalHarness{server: &approvalServer{stmts: map[string]string{}}, approver: sessiontest.NewApprover(), client: clientConn}
 	r := newRelay(relayConfig{
 		policy:   sqlpolicy.Grant{Statements: "write", Role: "agent-rw", WriteApproval: true},
 		classify: cl.Classify,
-		approve:  h.approver.approve,
+		approve:  h.approver.Approve,
 		emit: func(ev *audit.Event) {
 			h.mu.Lock()
 			h.events = append(h.events, ev)
@@ -306,17 +255,17 @@ func pendingError(id string) string {
 func TestApprovalSimpleProtocol(t *testing.T) {
 	h := startApprovalRelay(t, false)
 	got := h.roundTrip(t, &pgproto3.Query{String: "insert into items values (1)"})
-	id := "appr-" + h.approver.last(t).fingerprint[:12]
+	id := sessiontest.ID(h.approver.Last(t).Fingerprint)
 	h.wantClient(t, got, pendingError(id), "Ready")
 	h.wantServer(t, "Sync")
 	if ev := h.lastEvent(t, audit.EventDBDenied); ev.Details["approval_id"] != id || ev.Statement != "insert into items values (1)" || ev.Classification != "write" {
 		t.Fatalf("denied event = %v", ev)
 	}
-	if r := h.approver.last(t); r.statement != "insert into items values (1)" || r.class != "write" {
+	if r := h.approver.Last(t); r.Statement != "insert into items values (1)" || r.Class != "write" {
 		t.Fatalf("approval asked for %+v", r)
 	}
 
-	h.approver.approveLast(t)
+	h.approver.ApproveLast(t)
 	// The same statement, written differently, is what was approved.
 	got = h.roundTrip(t, &pgproto3.Query{String: "INSERT INTO items VALUES (1) -- approved"})
 	h.wantClient(t, got, "CommandComplete", "Ready")
@@ -331,11 +280,11 @@ func TestApprovalSimpleProtocol(t *testing.T) {
 	h.wantServer(t, "Sync")
 
 	// Reads need none.
-	n := h.approver.count()
+	n := h.approver.Count()
 	got = h.roundTrip(t, &pgproto3.Query{String: "select * from items"})
 	h.wantClient(t, got, "CommandComplete", "Ready")
 	h.wantServer(t, "Query:select * from items")
-	if h.approver.count() != n {
+	if h.approver.Count() != n {
 		t.Fatal("a read asked for an approval")
 	}
 
@@ -361,21 +310,21 @@ func TestApprovalExtendedProtocol(t *testing.T) {
 	}
 
 	got := run("1", 1)
-	id1 := "appr-" + h.approver.last(t).fingerprint[:12]
+	id1 := sessiontest.ID(h.approver.Last(t).Fingerprint)
 	// The server got the Parse before the gateway saw the Bind.
 	h.wantClient(t, got, "ParseComplete", pendingError(id1), "Ready")
 	h.wantServer(t, "Parse::"+q, "Sync")
-	if r := h.approver.last(t); r.statement != q+"\n-- parameters: $1 = '1'" {
-		t.Fatalf("reviewers see %q", r.statement)
+	if r := h.approver.Last(t); r.Statement != q+"\n-- parameters: $1 = '1'" {
+		t.Fatalf("reviewers see %q", r.Statement)
 	}
 	if ev := h.lastEvent(t, audit.EventDBDenied); ev.Details["approval_id"] != id1 || ev.Statement != q {
 		t.Fatalf("denied event = %v", ev)
 	}
-	h.approver.approveLast(t)
+	h.approver.ApproveLast(t)
 
 	// The approval is bound to the parameter value.
 	got = run("2", 1)
-	id2 := "appr-" + h.approver.last(t).fingerprint[:12]
+	id2 := sessiontest.ID(h.approver.Last(t).Fingerprint)
 	if id2 == id1 {
 		t.Fatal("different parameters share an approval")
 	}
@@ -416,9 +365,9 @@ func TestApprovalNamedStatements(t *testing.T) {
 
 	// Prepared once, executed with several values, each approved alone.
 	prepare("s1")
-	id := "appr-" + func() string { exec("s1", "x"); return h.approver.last(t).fingerprint[:12] }()
+	id := sessiontest.ID(func() string { exec("s1", "x"); return h.approver.Last(t).Fingerprint }())
 	h.wantServer(t, "Sync")
-	h.approver.approveLast(t)
+	h.approver.ApproveLast(t)
 	h.wantClient(t, exec("s1", "x"), "BindComplete", "CommandComplete", "Ready")
 	h.wantServer(t, "Execute:"+q+" [x]", "Sync")
 	h.wantClient(t, exec("s1", "x"), pendingError(id), "Ready")
@@ -466,20 +415,20 @@ func TestApprovalUnnamedAfterFailedBatch(t *testing.T) {
 	got = h.roundTrip(t, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{})
 	h.wantClient(t, got, "Error:42501:sigil: write needs a human approval", "Ready")
 	h.wantServer(t, "Sync")
-	if r := h.approver.last(t); r.statement != w1 {
-		t.Fatalf("approval asked for %q, want the statement the server holds (%q)", r.statement, w1)
+	if r := h.approver.Last(t); r.Statement != w1 {
+		t.Fatalf("approval asked for %q, want the statement the server holds (%q)", r.Statement, w1)
 	}
 
 	// Two different writes either of which the server may hold: refused
 	// without asking.
-	n := h.approver.count()
+	n := h.approver.Count()
 	got = h.roundTrip(t, &pgproto3.Parse{Name: "x", Query: "select fail"}, &pgproto3.Parse{Query: "delete from items"}, &pgproto3.Sync{})
 	h.wantClient(t, got, "Error:42601", "Ready")
 	h.wantServer(t, "Parse:x:select fail", "skip *pgproto3.Parse", "Sync")
 	got = h.roundTrip(t, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{})
 	h.wantClient(t, got, `Error:42501:sigil: statement refused: prepared statement "" was redefined in a batch that failed`, "Ready")
 	h.wantServer(t, "Sync")
-	if h.approver.count() != n {
+	if h.approver.Count() != n {
 		t.Fatal("an ambiguous statement was sent for approval")
 	}
 
@@ -495,7 +444,7 @@ func TestApprovalBindTooLargeToFingerprint(t *testing.T) {
 	got := h.roundTrip(t, &pgproto3.Parse{Query: "insert into items values ($1)"}, &pgproto3.Bind{Parameters: [][]byte{big}}, &pgproto3.Execute{}, &pgproto3.Sync{})
 	h.wantClient(t, got, "ParseComplete", "Error:42501:sigil: statement refused: its Bind message of", "Ready")
 	h.wantServer(t, "Parse::insert into items values ($1)", "Sync")
-	if h.approver.count() != 0 {
+	if h.approver.Count() != 0 {
 		t.Fatal("an unfingerprinted Bind was sent for approval")
 	}
 }
@@ -524,7 +473,7 @@ func TestApprovalWithPgx(t *testing.T) {
 	if !errors.As(err, &pgErr) || pgErr.Code != "42501" || !strings.Contains(pgErr.Message, "write needs a human approval: approval appr-") {
 		t.Fatalf("unapproved write: %v, want a 42501 naming the approval", err)
 	}
-	id := h.approver.approveLast(t)
+	id := h.approver.ApproveLast(t)
 	if !strings.Contains(pgErr.Message, id) {
 		t.Fatalf("refusal %q does not name approval %s", pgErr.Message, id)
 	}
