@@ -24,8 +24,8 @@ type sessionsData struct {
 }
 
 type sessionRow struct {
-	ID, User, Kind, Protocol, Resource, As, Client, MFADevice, Started, Age string
-	started                                                                 time.Time
+	ID, User, Kind, OnBehalfOf, Protocol, Resource, As, Client, MFADevice, Started, Age string
+	started                                                                             time.Time
 }
 
 // activeSessions pairs start and end events of the window: a start without
@@ -68,7 +68,7 @@ func (h *Handler) activeSessions(r *http.Request, s *consoleSession) ([]sessionR
 		}
 		res := ev.GetResource()
 		row := sessionRow{
-			ID: ev.SessionId, User: ev.GetIdentity().GetUser(), Kind: ev.GetIdentity().GetKind(),
+			ID: ev.SessionId, User: ev.GetIdentity().GetUser(), Kind: ev.GetIdentity().GetKind(), OnBehalfOf: ev.GetIdentity().GetOnBehalfOf(),
 			Protocol: ev.Details["protocol"], Resource: res.GetName(), Client: ev.ClientAddr,
 			MFADevice: ev.GetIdentity().GetMfaDevice(), started: ev.GetTime().AsTime(),
 		}
