@@ -43,6 +43,7 @@ spec:
   allow:
     rules:
       - {resources: [approvals], verbs: [list, read, update]}
+      - {resources: [audit], verbs: [list]}
 `
 
 var approvalID = regexp.MustCompile(`approval ([0-9a-f-]{36})`)
@@ -267,6 +268,10 @@ func TestAgentWriteApprovals(t *testing.T) {
 	}
 	if !approved {
 		t.Fatalf("no review form for %s on /web/writes:\n%s", second, page.Body)
+	}
+	// The agent's live session says on whose behalf it runs.
+	if sessions := b.Get(page.URL.Scheme + "://" + page.URL.Host + "/web/sessions"); !strings.Contains(sessions.Body, "copilot") || !strings.Contains(sessions.Body, "on behalf of alice") {
+		t.Fatalf("the console's sessions page does not show copilot acting for alice:\n%s", sessions.Body)
 	}
 	if _, err := conn.Exec(ctx, "DELETE FROM items WHERE id = 900"); err == nil {
 		t.Fatal("a DELETE ran on the INSERT's approval")
