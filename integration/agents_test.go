@@ -167,7 +167,8 @@ func TestAgentWriteApprovals(t *testing.T) {
 	if r := must(none, "bot", "start", "--oneshot", "--dest", dest); !strings.Contains(r.Stdout, "generation 2") {
 		t.Fatalf("restart did not renew to generation 2:\n%s", r.Stdout)
 	}
-	if st := must(none, "--identity", dest, "status", "--format", "json"); !strings.Contains(st.Stdout, `"copilot"`) || !strings.Contains(st.Stdout, `"agent"`) {
+	if st := must(none, "--identity", dest, "status", "--format", "json"); !strings.Contains(st.Stdout, `"copilot"`) || !strings.Contains(st.Stdout, `"agent"`) ||
+		!strings.Contains(st.Stdout, `"on_behalf_of": "alice"`) || !strings.Contains(st.Stdout, `"generation": 2`) {
 		t.Fatalf("status with --identity:\n%s", st.Stdout)
 	}
 

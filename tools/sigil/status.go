@@ -11,6 +11,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/sigilhq/sigil/api/client"
+	"github.com/sigilhq/sigil/identity/certid"
 
 	"github.com/sigilhq/sigil/tools/internal/cli"
 )
@@ -73,6 +74,10 @@ type statusView struct {
 	Traits     map[string][]string `json:"traits" yaml:"traits"`
 	ValidUntil time.Time           `json:"valid_until" yaml:"valid_until"`
 	Expired    bool                `json:"expired" yaml:"expired"`
+	// OnBehalfOf and Generation are set for agents and bots (from the
+	// certificate itself).
+	OnBehalfOf string `json:"on_behalf_of,omitempty" yaml:"on_behalf_of,omitempty"`
+	Generation uint64 `json:"generation,omitempty" yaml:"generation,omitempty"`
 }
 
 func (a *app) statusOf(p *client.Profile) statusView {
@@ -91,10 +96,18 @@ func (a *app) statusOf(p *client.Profile) statusView {
 	if traits == nil {
 		traits = map[string][]string{}
 	}
-	return statusView{
+	v := statusView{
 		Profile: p.Proxy, User: p.User, Kind: p.Kind, Roles: roles, Traits: traits,
 		ValidUntil: until.UTC(), Expired: !a.now().Before(until),
 	}
+	if p.Identity != nil {
+		if cert, err := p.Identity.Certificate(); err == nil {
+			if id, err := certid.FromCertificate(cert); err == nil {
+				v.OnBehalfOf, v.Generation = id.OnBehalfOf, id.Generation
+			}
+		}
+	}
+	return v
 }
 
 func (a *app) printStatus(p *client.Profile, format string) error {
@@ -125,6 +138,12 @@ func renderStatus(v statusView, now time.Time) string {
 	fmt.Fprintf(&b, "> Profile: %s\n", v.Profile)
 	fmt.Fprintf(&b, "  User: %s\n", v.User)
 	fmt.Fprintf(&b, "  Kind: %s\n", v.Kind)
+	if v.OnBehalfOf != "" {
+		fmt.Fprintf(&b, "  On behalf of: %s\n", v.OnBehalfOf)
+	}
+	if v.Generation != 0 {
+		fmt.Fprintf(&b, "  Generation: %d\n", v.Generation)
+	}
 	fmt.Fprintf(&b, "  Roles: %s\n", orNone(strings.Join(v.Roles, ", ")))
 	fmt.Fprintf(&b, "  Traits: %s\n", orNone(cli.Traits(v.Traits)))
 	validity := "EXPIRED"
