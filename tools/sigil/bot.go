@@ -202,7 +202,14 @@ func (b *botRunner) start(ctx context.Context, opts botOptions) (*certid.Identit
 		}
 		cur, cerr := existing.Certificate()
 		if cerr == nil && b.a.now().Before(cur.NotAfter) {
-			return b.renew(ctx)
+			id, rerr := b.renew(ctx)
+			if rerr == nil || opts.oneshot || trace.IsAccessDenied(rerr) {
+				return id, trace.Wrap(rerr)
+			}
+			// The gateway is unreachable for now: a restarted bot goes on
+			// with the certificate it has and the loop retries.
+			b.log().WarnContext(ctx, "Renewal at start failed; using the current certificate meanwhile.", "error", errorMessage(rerr))
+			return identityOfPEM(existing.CertPEM)
 		}
 		if opts.token == "" {
 			return nil, trace.AccessDenied("the identity in %s expired at %s and cannot be renewed; join again with a new token (--token)", b.dest, cur.NotAfter.UTC().Format(time.RFC3339))
