@@ -141,7 +141,7 @@ func (s *Service) Use(ctx context.Context, req UseRequest) (UseResult, error) {
 		return UseResult{}, trace.Wrap(err)
 	}
 	now := s.Now()
-	prefix := byKeyPrefix + matchHash(&req) + "/"
+	prefix := keyDir(string(req.Identity.Kind), req.Identity.Name, req.Database, req.DBUser, req.DBName, req.Fingerprint)
 	items, err := s.cfg.Backend.List(ctx, prefix, 0)
 	if err != nil {
 		return UseResult{}, trace.Wrap(err)
@@ -408,7 +408,7 @@ func (s *Service) Review(ctx context.Context, reviewer *certid.Identity, id stri
 		}
 		s.forget(ctx, pendingPrefix+agentHash(a.AgentKind, a.Agent)+"/"+a.ID)
 		if !approve {
-			s.forget(ctx, byKeyPrefix+hashFields(a.AgentKind, a.Agent, a.Database, a.Fingerprint)+"/"+a.ID)
+			s.forget(ctx, keyDir(a.AgentKind, a.Agent, a.Database, a.DBUser, a.DBName, a.Fingerprint)+a.ID)
 		}
 		return a, nil
 	}
@@ -470,12 +470,13 @@ func checkUse(req *UseRequest) error {
 	return nil
 }
 
-// matchHash names what an approval is bound to: the agent, the database
-// with the db user and name it was asked for (a write approved in one
-// database must not run in another of the same server), and the
-// statement's fingerprint.
-func matchHash(req *UseRequest) string {
-	return hashFields(string(req.Identity.Kind), req.Identity.Name, req.Database, req.DBUser, req.DBName, req.Fingerprint)
+// keyDir is the by-key index directory of what an approval is bound to:
+// the agent, the database with the db user and name it was asked for (a
+// write approved in one database must not run in another of the same
+// server), and the statement's fingerprint. Use lists it for a request;
+// a review drops the approval's entry from it.
+func keyDir(kind, agent, database, dbUser, dbName, fingerprint string) string {
+	return byKeyPrefix + hashFields(kind, agent, database, dbUser, dbName, fingerprint) + "/"
 }
 
 func agentHash(kind, name string) string { return hashFields(kind, name) }

@@ -185,6 +185,18 @@ func TestDenialIsFinal(t *testing.T) {
 	if _, err := s.Review(ctx, alice, res.ID, true, "", false); err == nil || !strings.Contains(err.Error(), "is already denied") {
 		t.Fatalf("approving after a denial: %v", err)
 	}
+	// The denial drops the approval's index entries at once.
+	for _, prefix := range []string{byKeyPrefix, pendingPrefix} {
+		items, err := s.cfg.Backend.List(ctx, prefix, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, it := range items {
+			if strings.HasSuffix(it.Key, "/"+res.ID) {
+				t.Fatalf("index entry %s outlived the denial", it.Key)
+			}
+		}
+	}
 	next := mustUse(t, s, write(agent, "pg1", "fp1"))
 	if next.Approved || next.ID == res.ID {
 		t.Fatalf("use after a denial = %+v", next)
