@@ -301,14 +301,6 @@ func (b *botRunner) renew(ctx context.Context) (*certid.Identity, error) {
 	return identityOfPEM(resp.Msg.TlsCertPem)
 }
 
-func identityOfPEM(certPEM []byte) (*certid.Identity, error) {
-	certs, err := client.ParseCertificatesPEM(certPEM)
-	if err != nil {
-		return nil, trace.Wrap(err)
-	}
-	return certid.FromCertificate(certs[0])
-}
-
 // renewAt is when a certificate is renewed: with a third of its life left.
 func renewAt(cert *x509.Certificate) time.Time {
 	return cert.NotAfter.Add(-cert.NotAfter.Sub(cert.NotBefore) / 3)

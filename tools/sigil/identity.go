@@ -23,11 +23,7 @@ func profileFromIdentityDir(dir string) (*client.Profile, error) {
 	if err != nil {
 		return nil, trace.Wrap(err, "reading the identity in %s (written by \"sigil bot start --dest %s\")", dir, dir)
 	}
-	cert, err := id.Certificate()
-	if err != nil {
-		return nil, trace.Wrap(err)
-	}
-	who, err := certid.FromCertificate(cert)
+	who, err := identityOfPEM(id.CertPEM)
 	if err != nil {
 		return nil, trace.Wrap(err, "the certificate in %s carries no Sigil identity", dir)
 	}
@@ -37,7 +33,7 @@ func profileFromIdentityDir(dir string) (*client.Profile, error) {
 		Kind:     string(who.Kind),
 		Roles:    who.Roles,
 		Traits:   who.Traits,
-		Expires:  cert.NotAfter,
+		Expires:  who.Expires,
 		Dir:      dir,
 		Identity: id,
 	}, nil
@@ -67,4 +63,14 @@ func (a *app) freshClient(home, proxy string) (*client.Profile, *client.Client, 
 		return nil, nil, trace.Wrap(err)
 	}
 	return p, clt, nil
+}
+
+// identityOfPEM decodes the Sigil identity of a certificate we were
+// issued (the first of certPEM).
+func identityOfPEM(certPEM []byte) (*certid.Identity, error) {
+	certs, err := client.ParseCertificatesPEM(certPEM)
+	if err != nil {
+		return nil, trace.Wrap(err)
+	}
+	return certid.FromCertificate(certs[0])
 }

@@ -11,7 +11,6 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/sigilhq/sigil/api/client"
-	"github.com/sigilhq/sigil/identity/certid"
 
 	"github.com/sigilhq/sigil/tools/internal/cli"
 )
@@ -101,10 +100,8 @@ func (a *app) statusOf(p *client.Profile) statusView {
 		ValidUntil: until.UTC(), Expired: !a.now().Before(until),
 	}
 	if p.Identity != nil {
-		if cert, err := p.Identity.Certificate(); err == nil {
-			if id, err := certid.FromCertificate(cert); err == nil {
-				v.OnBehalfOf, v.Generation = id.OnBehalfOf, id.Generation
-			}
+		if id, err := identityOfPEM(p.Identity.CertPEM); err == nil {
+			v.OnBehalfOf, v.Generation = id.OnBehalfOf, id.Generation
 		}
 	}
 	return v
