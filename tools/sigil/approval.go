@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"strings"
 	"time"
 
 	"connectrpc.com/connect"
@@ -79,15 +78,6 @@ func approvalViewOf(w *sigilv1.WriteApproval) approvalView {
 	}
 }
 
-// oneLine folds a statement's white space and cuts it to n runes.
-func oneLine(s string, n int) string {
-	s = strings.Join(strings.Fields(s), " ")
-	if r := []rune(s); len(r) > n {
-		return string(r[:n-1]) + "…"
-	}
-	return s
-}
-
 func (a *app) approvalLsCommand() *cobra.Command {
 	var state, format string
 	cmd := &cobra.Command{
@@ -127,7 +117,7 @@ func (a *app) approvalLsCommand() *cobra.Command {
 					person = "-"
 				}
 				rows = append(rows, []string{w.GetId(), w.GetAgent(), person, w.GetDatabase(), w.GetState(),
-					oneLine(w.GetStatement(), statementColumn), humanDuration(now.Sub(w.GetCreated().AsTime()))})
+					cli.OneLine(w.GetStatement(), statementColumn), humanDuration(now.Sub(w.GetCreated().AsTime()))})
 			}
 			return trace.Wrap(cli.Table(a.stdout, []string{"ID", "AGENT", "ON BEHALF OF", "DATABASE", "STATE", "STATEMENT", "AGE"}, rows))
 		},

@@ -275,18 +275,9 @@ func (e *env) printEvents(events []*sigilv1.AuditEvent) error {
 			ev.GetIdentity().GetUser(),
 			ev.GetIdentity().GetKind(),
 			res,
-			oneLine(status, 50),
-			oneLine(ev.Statement, 60),
+			cli.OneLine(status, 50),
+			cli.OneLine(ev.Statement, 60),
 		})
 	}
 	return cli.Table(e.stdout, []string{"TIME", "SEQ", "TYPE", "USER", "KIND", "RESOURCE", "RESULT", "STATEMENT"}, rows)
-}
-
-// oneLine squeezes whitespace so a statement fits one table cell, cut at n runes.
-func oneLine(s string, n int) string {
-	s = strings.Join(strings.Fields(s), " ")
-	if r := []rune(s); len(r) > n {
-		return string(r[:n-1]) + "…"
-	}
-	return s
 }

@@ -119,3 +119,13 @@ func SplitList(s string) []string {
 	}
 	return out
 }
+
+// OneLine squeezes white space so a statement fits one table cell, cut at
+// n runes with an ellipsis.
+func OneLine(s string, n int) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if r := []rune(s); len(r) > n {
+		return string(r[:n-1]) + "…"
+	}
+	return s
+}
